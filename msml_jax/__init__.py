@@ -1,0 +1,3 @@
+"""msml-jax: Margin Sample Mining Loss for person re-identification in JAX/Flax."""
+
+__version__ = "0.1.0"

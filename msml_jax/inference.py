@@ -1,0 +1,40 @@
+"""From a model and its variables to embeddings of a split, and to ranking metrics."""
+
+import jax
+import numpy as np
+
+from msml_jax.data.pipeline import eval_dataset
+from msml_jax.evaluation import evaluate_ranking
+from msml_jax.losses import pairwise_distance
+
+
+def embed_split(embed_fn, variables, split, *, batch_size, image_size):
+    """Embeddings float32 [N, D] of every image of `split`, in order.
+
+    `embed_fn(variables, images)` is a jitted function of uint8 images
+    [batch_size, h, w, 3]; batches are padded to one shape, so it compiles once.
+    """
+    chunks = []
+    for batch in eval_dataset(split, batch_size=batch_size, image_size=image_size).as_numpy_iterator():
+        embeddings = embed_fn(variables, batch["images"])
+        chunks.append(np.asarray(embeddings)[batch["mask"]])
+    return np.concatenate(chunks)
+
+
+def retrieval_metrics(query_embeddings, gallery_embeddings, query, gallery, normalize=True):
+    """CMC / mAP / mINP of Euclidean ranking (on l2-normalised embeddings when `normalize`)."""
+    q, g = jax.numpy.asarray(query_embeddings), jax.numpy.asarray(gallery_embeddings)
+    if normalize:
+        q = q / jax.numpy.maximum(jax.numpy.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        g = g / jax.numpy.maximum(jax.numpy.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    distmat = np.asarray(pairwise_distance(q, g))
+    result = evaluate_ranking(distmat, query["pids"], gallery["pids"], query["camids"], gallery["camids"])
+    cmc = result["cmc"]
+    return {
+        "mAP": float(result["mAP"]),
+        "rank1": float(cmc[0]),
+        "rank5": float(cmc[4]),
+        "rank10": float(cmc[9]),
+        "mINP": float(result["mINP"]),
+        "num_queries": int(result["num_valid_queries"]),
+    }

@@ -1,0 +1,421 @@
+"""Metric-learning and classification losses for person re-identification.
+
+Implements the losses compared in "Margin Sample Mining Loss: A Deep Learning
+Based Method for Person Re-identification" (Xiao, Luo, Zhang 2017):
+
+* ``triplet_loss``           -- eq. 1, triplets sampled at random,
+* ``quadruplet_loss``        -- eq. 2 (Chen et al. 2017), sampled at random,
+* ``trihard_loss``           -- eq. 4, batch-hard triplet (Hermans et al. 2017),
+* ``msml_loss``              -- eq. 5, margin sample mining (one hinge per batch),
+* ``batch_all_triplet_loss`` -- hinge averaged over every valid triplet,
+* ``classification_loss``    -- softmax cross-entropy with label smoothing,
+
+plus the helpers ``pairwise_distance`` and ``hardest_pairs``.
+
+Conventions shared by every metric loss:
+
+* ``embeddings`` is a float array ``[N, D]`` (any float dtype; computation
+  happens in at least float32) and ``labels`` an integer array ``[N]`` in any
+  order -- identities need not be contiguous or equally represented.
+* A *positive* of anchor ``a`` is any ``j != a`` with ``labels[j] ==
+  labels[a]``; a *negative* is any ``j`` with ``labels[j] != labels[a]``.
+  An anchor is *valid* when it has at least one of each.
+* When nothing valid exists (a single identity, or only singleton
+  identities), the loss is exactly ``0.0`` with zero, finite gradients rather
+  than NaN: a degenerate batch then simply contributes no training signal.
+* Everything is pure and free of data-dependent shapes, so it can be
+  ``jax.jit``-ed and ``jax.vmap``-ed. Python-level switches (``metric``,
+  ``normalize``, ``soft_margin``) must be static under ``jit``; margins may be
+  traced.
+* ``normalize=True`` l2-normalizes the embeddings first, as the paper does.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "pairwise_distance",
+    "hardest_pairs",
+    "msml_loss",
+    "trihard_loss",
+    "triplet_loss",
+    "batch_all_triplet_loss",
+    "quadruplet_loss",
+    "classification_loss",
+]
+
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+# Squared-norm floor for l2 normalization: a zero embedding maps to the zero
+# vector (not NaN) and its gradient stays finite.
+_NORM_EPS = 1e-12
+
+
+def _compute_dtype(x: jax.Array) -> jax.Array:
+    """Casts to at least float32: bfloat16/float16 distances would be too coarse
+    for the hinge comparisons, while float64 (x64 mode) is kept for exactness."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    """x / max(||x||, sqrt(eps)) row-wise, shape preserved."""
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS))
+
+
+def _prepare(embeddings: jax.Array, normalize: bool) -> jax.Array:
+    x = _compute_dtype(embeddings)
+    return _l2_normalize(x) if normalize else x
+
+
+def pairwise_distance(
+    a: jax.Array, b: Optional[jax.Array] = None, metric: str = "euclidean"
+) -> jax.Array:
+    """All pairwise distances between the rows of ``a`` and ``b``.
+
+    Args:
+      a: ``[N, D]``.
+      b: ``[M, D]``; ``None`` means ``b = a`` (then the diagonal is exactly 0).
+      metric: one of
+
+        * ``"sqeuclidean"``: ``d2(i, j) = max(||a_i||^2 + ||b_j||^2 - 2 a_i.b_j, 0)``
+        * ``"euclidean"``:   ``d(i, j) = sqrt(d2(i, j))``
+        * ``"cosine"``:      ``d(i, j) = 1 - a_i.b_j / (||a_i|| ||b_j||)``,
+          clipped to ``[0, 2]``
+
+    Returns:
+      ``[N, M]`` distances in at least float32.
+
+    The gradient is finite everywhere, including where two rows coincide
+    (distance 0): there the euclidean gradient is defined as 0.
+
+    Raises:
+      ValueError: for an unknown ``metric``.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; valid metrics are {METRICS}.")
+    same = b is None
+    a = _compute_dtype(a)
+    b = a if same else _compute_dtype(b)
+    dtype = jnp.promote_types(a.dtype, b.dtype)
+    a, b = a.astype(dtype), b.astype(dtype)
+
+    # HIGHEST precision: on accelerators the default matmul may run in
+    # TF32/bf16, whose ~1e-3 relative error would swamp small distances.
+    hi = jax.lax.Precision.HIGHEST
+    if metric == "cosine":
+        cos = jnp.matmul(_l2_normalize(a), _l2_normalize(b).T, precision=hi)
+        # Rounding can push |cos| a hair past 1; keep the distance in [0, 2].
+        dist = jnp.clip(1.0 - cos, 0.0, 2.0)
+    else:
+        sq_a = jnp.sum(a * a, axis=-1)
+        sq_b = jnp.sum(b * b, axis=-1)
+        # The expansion can round slightly below 0 for (near-)equal rows.
+        dist = jnp.maximum(
+            sq_a[:, None] + sq_b[None, :] - 2.0 * jnp.matmul(a, b.T, precision=hi), 0.0
+        )
+        if metric == "euclidean":
+            # "Double where": sqrt'(0) = inf and inf * 0 = NaN in the backward
+            # pass, so sqrt only ever sees a safe positive argument; the outer
+            # where returns the exact value 0 with a zero gradient.
+            pos = dist > 0.0
+            dist = jnp.where(pos, jnp.sqrt(jnp.where(pos, dist, 1.0)), 0.0)
+
+    if same:
+        # Rounding in the expansion leaves ~1e-7 (sqrt -> ~3e-4) on the
+        # diagonal; d(x, x) = 0 exactly and its gradient is 0.
+        dist = jnp.where(jnp.eye(dist.shape[0], dtype=bool), 0.0, dist)
+    return dist
+
+
+def _pair_masks(labels: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """``pos[i, j]``: same label and ``i != j``; ``neg[i, j]``: different label."""
+    labels = jnp.asarray(labels)
+    same = labels[:, None] == labels[None, :]
+    eye = jnp.eye(labels.shape[0], dtype=bool)
+    return same & ~eye, ~same
+
+
+def _masked_max(x: jax.Array, mask: jax.Array, axis=None) -> Tuple[jax.Array, jax.Array]:
+    """Max of ``x`` over ``mask`` along ``axis`` and whether any entry was there.
+
+    Masked entries are replaced by the dtype's finite minimum (not -inf) and
+    empty reductions are reported as 0, so neither inf nor NaN can reach the
+    value or the gradient.
+    """
+    fill = jnp.finfo(x.dtype).min
+    m = jnp.max(jnp.where(mask, x, fill), axis=axis)
+    any_ = jnp.any(mask, axis=axis)
+    return jnp.where(any_, m, 0.0), any_
+
+
+def _masked_min(x: jax.Array, mask: jax.Array, axis=None) -> Tuple[jax.Array, jax.Array]:
+    """Min of ``x`` over ``mask``; see ``_masked_max``."""
+    m, any_ = _masked_max(-x, mask, axis=axis)
+    return -m, any_
+
+
+def _hardest(dist: jax.Array, labels: jax.Array):
+    """Per-anchor hardest positive/negative plus has-positive/has-negative flags.
+
+    Each value is 0 where its own set is empty (not where the anchor is
+    invalid): msml needs negative pairs between two singletons, which are not
+    valid anchors.
+    """
+    dist = _compute_dtype(dist)
+    pos_mask, neg_mask = _pair_masks(labels)
+    hardest_pos, has_pos = _masked_max(dist, pos_mask, axis=1)
+    hardest_neg, has_neg = _masked_min(dist, neg_mask, axis=1)
+    return hardest_pos, hardest_neg, has_pos, has_neg
+
+
+def hardest_pairs(dist: jax.Array, labels: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """Hardest positive and negative distance of every anchor.
+
+    ``hardest_pos[a] = max_{p != a, y_p = y_a} dist[a, p]`` and
+    ``hardest_neg[a] = min_{n: y_n != y_a} dist[a, n]``.
+
+    Args:
+      dist: ``[N, N]`` pairwise distances (e.g. from ``pairwise_distance``).
+      labels: ``[N]`` integer identities, any order.
+
+    Returns:
+      ``(hardest_pos [N], hardest_neg [N], valid [N] bool)`` where ``valid[a]``
+      says that ``a`` has at least one positive and one negative. Where
+      ``valid`` is False both distances are 0 (never +-inf or NaN).
+    """
+    hardest_pos, hardest_neg, has_pos, has_neg = _hardest(dist, labels)
+    valid = has_pos & has_neg
+    return (
+        jnp.where(valid, hardest_pos, 0.0),
+        jnp.where(valid, hardest_neg, 0.0),
+        valid,
+    )
+
+
+def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``x`` over ``mask``; 0 when the mask is empty (no 0/0)."""
+    count = jnp.sum(mask)
+    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(count, 1).astype(x.dtype)
+
+
+def msml_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    margin: float = 0.3,
+    normalize: bool = True,
+    soft_margin: bool = False,
+) -> jax.Array:
+    """Margin Sample Mining Loss, eq. 5 of the paper: one hinge per batch.
+
+    ``L = ( max_{i != j, y_i = y_j} d(i, j) - min_{y_i != y_k} d(i, k) + margin )_+``
+
+    with euclidean ``d``: the hardest positive pair and the hardest negative
+    pair of the whole batch (the two pairs need not share an image).
+    ``soft_margin=True`` uses ``softplus(max_pos - min_neg)`` (no margin).
+
+    Args:
+      embeddings: ``[N, D]``.
+      labels: ``[N]`` integers, any order.
+
+    Returns:
+      Scalar. 0.0 (with zero gradient) if the batch has no positive pair or no
+      negative pair.
+    """
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    hardest_pos, hardest_neg, has_pos, has_neg = _hardest(dist, labels)
+    max_pos, any_pos = _masked_max(hardest_pos, has_pos)
+    min_neg, any_neg = _masked_min(hardest_neg, has_neg)
+    gap = max_pos - min_neg
+    loss = jax.nn.softplus(gap) if soft_margin else jax.nn.relu(gap + margin)
+    return jnp.where(any_pos & any_neg, loss, 0.0)
+
+
+def trihard_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    margin: float = 0.3,
+    normalize: bool = True,
+    soft_margin: bool = False,
+) -> jax.Array:
+    """Batch-hard triplet loss ("TriHard"), eq. 4 of the paper.
+
+    ``L = mean_{valid a} ( max_{p != a, y_p = y_a} d(a, p) - min_{y_n != y_a} d(a, n) + margin )_+``
+
+    with euclidean ``d``; ``soft_margin=True`` uses ``softplus(hardest_pos -
+    hardest_neg)`` per anchor (no margin).
+
+    Args:
+      embeddings: ``[N, D]``.
+      labels: ``[N]`` integers, any order.
+
+    Returns:
+      Scalar. Anchors without a positive or a negative are excluded from the
+      mean; 0.0 if no anchor is valid.
+    """
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    hardest_pos, hardest_neg, valid = hardest_pairs(dist, labels)
+    gap = hardest_pos - hardest_neg
+    per_anchor = jax.nn.softplus(gap) if soft_margin else jax.nn.relu(gap + margin)
+    return _masked_mean(per_anchor, valid)
+
+
+def _gumbel_noise(key: jax.Array, num: int, n: int) -> jax.Array:
+    """``num`` independent ``[n, n]`` Gumbel(0, 1) noise matrices from one key.
+
+    Drawn flat and reshaped: with the default threefry PRNG, XLA:CPU compiles
+    a 1-D draw several times faster than a multi-dimensional one (or several
+    split draws), and the distribution is the same.
+    """
+    return jax.random.gumbel(key, (num * n * n,)).reshape(num, n, n)
+
+
+def _sample_index(noise: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per row, an index drawn uniformly among the True entries of ``mask``.
+
+    Gumbel-argmax: the argmax of i.i.d. Gumbel noise restricted to the mask is
+    uniform over it, with static shapes. Rows with an empty mask return an
+    arbitrary index; callers must mask those rows out.
+    """
+    return jnp.argmax(jnp.where(mask, noise, -jnp.inf), axis=-1)
+
+
+def _rows(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """``x[i, idx[i]]`` for every row ``i``."""
+    return jnp.take_along_axis(x, idx[:, None], axis=1)[:, 0]
+
+
+def triplet_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    margin: float = 0.3,
+    normalize: bool = True,
+) -> jax.Array:
+    """Triplet loss with random sampling, eq. 1 of the paper.
+
+    For every anchor ``a`` one positive ``p`` is drawn uniformly from the other
+    images of its identity and one negative ``n`` uniformly from the images of
+    all other identities (independent draws per anchor, from ``key``):
+
+    ``L = mean_{valid a} ( d(a, p) - d(a, n) + margin )_+``  (euclidean ``d``).
+
+    Args:
+      embeddings: ``[N, D]``.
+      labels: ``[N]`` integers, any order.
+      key: a ``jax.random`` key.
+
+    Returns:
+      Scalar; 0.0 if no anchor has both a positive and a negative.
+    """
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    pos_mask, neg_mask = _pair_masks(labels)
+    valid = jnp.any(pos_mask, axis=1) & jnp.any(neg_mask, axis=1)
+    noise = _gumbel_noise(key, 2, dist.shape[0])
+    d_ap = _rows(dist, _sample_index(noise[0], pos_mask))
+    d_an = _rows(dist, _sample_index(noise[1], neg_mask))
+    return _masked_mean(jax.nn.relu(d_ap - d_an + margin), valid)
+
+
+def batch_all_triplet_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    margin: float = 0.3,
+    normalize: bool = True,
+) -> jax.Array:
+    """Triplet hinge averaged over every valid triplet of the batch.
+
+    ``L = (1 / |T|) sum_{(a, p, n) in T} ( d(a, p) - d(a, n) + margin )_+``
+
+    where ``T = {(a, p, n): p != a, y_p = y_a, y_n != y_a}`` and ``d`` is
+    euclidean. Zero (inactive) terms count in the mean. Memory is ``O(N^3)``.
+
+    Args:
+      embeddings: ``[N, D]``.
+      labels: ``[N]`` integers, any order.
+
+    Returns:
+      Scalar; 0.0 if ``T`` is empty.
+    """
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    pos_mask, neg_mask = _pair_masks(labels)
+    triplets = pos_mask[:, :, None] & neg_mask[:, None, :]
+    hinge = jax.nn.relu(dist[:, :, None] - dist[:, None, :] + margin)
+    return _masked_mean(hinge, triplets)
+
+
+def quadruplet_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    alpha: float = 0.3,
+    beta: float = 0.2,
+    normalize: bool = True,
+) -> jax.Array:
+    """Quadruplet loss with random sampling, eq. 2 of the paper (Chen et al. 2017).
+
+    For every anchor ``A`` (independent draws from ``key``): ``A'`` uniform
+    among the other images of A's identity, ``B`` uniform among images of
+    other identities, ``C`` uniform among images whose identity is neither
+    A's nor B's. With euclidean ``d``:
+
+    ``L = mean_{valid A} [ (d(A, A') - d(A, B) + alpha)_+ + (d(A, A') - d(C, B) + beta)_+ ]``
+
+    Args:
+      embeddings: ``[N, D]``.
+      labels: ``[N]`` integers, any order.
+      key: a ``jax.random`` key.
+      alpha: margin of the anchor-based (triplet) term.
+      beta: margin of the second term (negative pair not sharing the anchor).
+
+    Returns:
+      Scalar; anchors need a positive and a negative to be valid, 0.0 if none
+      is. If no ``C`` exists for the drawn ``B`` (a batch with only two
+      identities), that anchor's second term is 0.
+    """
+    labels = jnp.asarray(labels)
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    pos_mask, neg_mask = _pair_masks(labels)
+    valid = jnp.any(pos_mask, axis=1) & jnp.any(neg_mask, axis=1)
+    noise = _gumbel_noise(key, 3, dist.shape[0])
+    idx_p = _sample_index(noise[0], pos_mask)
+    idx_b = _sample_index(noise[1], neg_mask)
+    # C's candidate set depends on the drawn B, hence one [N, N] mask per anchor.
+    c_mask = neg_mask & (labels[None, :] != labels[idx_b][:, None])
+    has_c = jnp.any(c_mask, axis=1)
+    idx_c = _sample_index(noise[2], c_mask)
+
+    d_ap = _rows(dist, idx_p)
+    d_ab = _rows(dist, idx_b)
+    d_cb = dist[idx_c, idx_b]
+    term1 = jax.nn.relu(d_ap - d_ab + alpha)
+    term2 = jnp.where(has_c, jax.nn.relu(d_ap - d_cb + beta), 0.0)
+    return _masked_mean(term1 + term2, valid)
+
+
+def classification_loss(
+    logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
+    """Mean softmax cross-entropy with label smoothing.
+
+    ``L = -(1/N) sum_i sum_c q_ic log softmax(z_i)_c`` with
+    ``q_i = (1 - eps) onehot(y_i) + eps / C``.
+
+    Args:
+      logits: ``[N, C]``.
+      labels: ``[N]`` integer class ids in ``[0, C)``.
+      label_smoothing: ``eps``.
+
+    Returns:
+      Scalar (at least float32).
+    """
+    logits = _compute_dtype(logits)
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    targets = optax.smooth_labels(targets, label_smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits, targets))

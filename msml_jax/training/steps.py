@@ -1,0 +1,110 @@
+"""Train state and the pure train / embed steps. No TensorFlow, no I/O: jit them as you like."""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from msml_jax import losses
+
+METRIC_LOSSES = ("cls", "triplet", "quadruplet", "trihard", "msml")
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus BatchNorm statistics."""
+
+    batch_stats: Any = None
+
+
+def learning_rate_schedule(config):
+    """Adam's step schedule: `learning_rate`, multiplied by `lr_decay` at each of `lr_boundaries` (steps)."""
+    return optax.piecewise_constant_schedule(
+        config.learning_rate, {int(b): float(config.lr_decay) for b in config.lr_boundaries}
+    )
+
+
+def create_train_state(model, config, image_shape, key):
+    """Initialises parameters and Adam for images of `image_shape` (h, w)."""
+    images = jnp.zeros((2, *image_shape, 3), jnp.uint8)
+    variables = jax.jit(functools.partial(model.init, train=False))(key, images)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        tx=optax.adam(learning_rate_schedule(config)),
+    )
+
+
+def metric_loss(name, embeddings, labels, key, *, margin, beta, normalize, soft_margin):
+    """The configured metric loss on one batch; 0 for "cls" (classification only)."""
+    if name == "cls":
+        return jnp.zeros((), jnp.float32)
+    if name == "msml":
+        return losses.msml_loss(embeddings, labels, margin=margin, normalize=normalize, soft_margin=soft_margin)
+    if name == "trihard":
+        return losses.trihard_loss(embeddings, labels, margin=margin, normalize=normalize, soft_margin=soft_margin)
+    if name == "triplet":
+        return losses.triplet_loss(embeddings, labels, key, margin=margin, normalize=normalize)
+    if name == "quadruplet":
+        return losses.quadruplet_loss(embeddings, labels, key, alpha=margin, beta=beta, normalize=normalize)
+    raise ValueError(f"unknown loss {name!r}: valid names are {', '.join(METRIC_LOSSES)}")
+
+
+def train_step(state, images, labels, *, config):
+    """One Adam step on classification + metric loss.
+
+    Args:
+      state: TrainState.
+      images: uint8 [B, h, w, 3], a P x K batch in any order.
+      labels: int32 [B] training-identity indices.
+      config: the run's ConfigDict (static: bind it with functools.partial before jit).
+    Returns:
+      (new state, dict of scalar metrics: loss, cls_loss, metric_loss, accuracy,
+      hardest_pos / hardest_neg (mean mined distances), learning_rate).
+    """
+    # The random losses draw fresh pairs each step, reproducibly from (seed, step).
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
+
+    def loss_fn(params):
+        outputs, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
+        )
+        cls = losses.classification_loss(outputs["logits"], labels, label_smoothing=config.label_smoothing)
+        metric = metric_loss(
+            config.loss,
+            outputs["embeddings"],
+            labels,
+            key,
+            margin=config.margin,
+            beta=config.beta,
+            normalize=config.normalize,
+            soft_margin=config.soft_margin,
+        )
+        return config.cls_weight * cls + metric, (outputs, updates, cls, metric)
+
+    (loss, (outputs, updates, cls, metric)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+
+    embeddings = jax.lax.stop_gradient(outputs["embeddings"])
+    if config.normalize:
+        embeddings = embeddings / jnp.maximum(jnp.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+    hardest_pos, hardest_neg, valid = losses.hardest_pairs(losses.pairwise_distance(embeddings), labels)
+    num_valid = jnp.maximum(valid.sum(), 1)
+    metrics = {
+        "loss": loss,
+        "cls_loss": cls,
+        "metric_loss": metric,
+        "accuracy": jnp.mean(jnp.argmax(outputs["logits"], -1) == labels),
+        "hardest_pos": jnp.sum(jnp.where(valid, hardest_pos, 0.0)) / num_valid,
+        "hardest_neg": jnp.sum(jnp.where(valid, hardest_neg, 0.0)) / num_valid,
+        "learning_rate": learning_rate_schedule(config)(state.step - 1),
+    }
+    return state, metrics
+
+
+def embed_step(apply_fn, variables, images):
+    """Evaluation embeddings float32 [B, D] of uint8 images [B, h, w, 3] (inference mode)."""
+    return apply_fn(variables, images, train=False)["embeddings"].astype(jnp.float32)

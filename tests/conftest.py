@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny synthetic benchmark and a tiny run config, built once per session."""
+
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_SYNTHETIC = dict(num_train_ids=12, num_test_ids=6, num_distractors=3, num_cameras=3, image_size=(32, 16))
+
+
+def load_config(name="synthetic"):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_splits():
+    from msml_jax.data.synthetic import SyntheticSpec, make_synthetic
+
+    return make_synthetic(0, SyntheticSpec(**TINY_SYNTHETIC))
+
+
+def make_tiny_config():
+    """configs/synthetic.py shrunk to seconds: 12 identities, 32x16 images, 6 steps."""
+    config = load_config()
+    config.data.synthetic.update(TINY_SYNTHETIC)
+    config.data.image_size = (32, 16)
+    config.model.embed_dim = 16
+    config.P, config.K, config.batch_size = 4, 2, 8
+    config.num_train_steps = 6
+    config.lr_boundaries = (4,)
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 3
+    config.eval_batch_size = 16
+    return config
+
+
+@pytest.fixture
+def tiny_config():
+    return make_tiny_config()
