@@ -1,13 +1,22 @@
-"""Trains a re-ID model: python train.py --config configs/synthetic.py --workdir runs/demo"""
+"""Trains a re-ID model: python train.py --config configs/synthetic.py --workdir runs/demo
+
+Restarting the same command on the same workdir continues from the latest checkpoint. On several hosts, run it
+on each with --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or the MSML_* environment variables,
+see msml_jax/training/parallel.py).
+"""
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from msml_jax.errors import exit_on_user_error
-from msml_jax.training.loop import train_and_evaluate
 
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module); override fields with --config.FIELD=VALUE.")
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints and metrics.jsonl. Restarting on it resumes.")
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tensorboard/; restarting resumes.")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a run over several processes / hosts.")
+flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-process run.")
+flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -16,7 +25,18 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     with exit_on_user_error():
-        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+        from msml_jax.training import parallel
+
+        parallel.initialize_distributed(
+            flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
+        )
+        from msml_jax.training.loop import PREEMPTED_EXIT_CODE, Preempted, train_and_evaluate
+
+        try:
+            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+        except Preempted as e:
+            print(str(e), file=sys.stderr, flush=True)
+            sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,29 @@ def get_config():
     config.data.image_size = (64, 32)  # network input (height, width)
     config.data.flip = True
     config.data.shift = 0.1  # fraction of height / width
+    # The rest of the paper's augmentation (msml_jax/data/augment.py), off in the demo.
+    config.data.zoom = 0.0  # scale uniform in [1 - zoom, 1 + zoom]
+    config.data.blur_prob = 0.0  # probability of a Gaussian blur per image
+    config.data.blur_sigma = 1.0  # largest blur std in pixels
+    config.data.erase_prob = 0.0  # random erasing (Zhong et al.), an option beyond the paper
+    # Real datasets (TFDS builders in msml_jax/data/builders): set name, or train = a tuple trained on together.
+    config.data.train = ()  # () = (config.data.name,); e.g. ("market1501", "viper")
+    config.data.eval = ()  # datasets evaluated, each in its own protocol; () = those trained on
+    config.data.data_dir = "~/tensorflow_datasets"  # TFDS data_dir of the prepared datasets
+    config.data.manual_dir = ""  # where the official releases lie; "" = <data_dir>/downloads/manual
+    config.data.skip_corrupt = False  # skip (and count) unreadable images instead of stopping
+    config.data.trial = 0  # VIPeR / PRID2011: which of the 10 random protocol splits
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_resnet"
     config.model.embed_dim = 128
     config.model.last_stride = 2
+    config.model.pretrained = ""  # ImageNet weights: torchvision .safetensors/.pth or Keras ResNet50 .h5; "" = scratch
+    config.model.keras_style = False  # ResNet laid out as keras.applications (needed for Keras .h5 weights)
+    config.model.preprocessing = "auto"  # imagenet (RGB mean/std) | caffe (BGR mean) | auto: caffe iff keras_style
+    config.model.bnneck = False  # BatchNorm between embedding and (bias-free) classifier
+    config.model.dropout = 0.0  # on the classifier's input
+    config.model.eval_embedding = "embedding"  # what evaluation ranks with: embedding | bnneck | features
     config.dtype = "float32"
 
     # Loss: classification + the paper's MSML (eq. 5), alpha = 0.3.
@@ -44,12 +62,15 @@ def get_config():
     # Adam with a step schedule: the paper's 1e-3 -> 1e-4 -> 1e-5 shape, compressed into a
     # CPU budget with a higher start (1e-3 reached mAP 0.32 in 600 steps, 3e-3 reached 0.65 in 700).
     config.learning_rate = 3e-3
-    config.lr_boundaries = (450, 550)
+    config.lr_boundaries = (500, 650)
     config.lr_decay = 0.1
-    config.num_train_steps = 600
+    config.warmup_steps = 0  # linear warmup over the first steps; 0: none
+    config.num_train_steps = 700
 
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
     config.max_checkpoints = 3
+    config.eval_every_steps = 350  # periodic evaluation (keeps the best checkpoint by mAP; ~2 s each); 0: start and end
+    config.allow_config_change = False  # resuming with a config that differs from the checkpoint's is refused
     config.eval_batch_size = 128
     return config

@@ -1,11 +1,11 @@
 """From a model and its variables to embeddings of a split, and to ranking metrics."""
 
-import jax
+import jax.numpy as jnp
 import numpy as np
 
 from msml_jax.data.pipeline import eval_dataset
 from msml_jax.evaluation import evaluate_ranking
-from msml_jax.losses import pairwise_distance
+from msml_jax.losses import l2_normalize, pairwise_distance
 
 
 def embed_split(embed_fn, variables, split, *, batch_size, image_size):
@@ -23,10 +23,9 @@ def embed_split(embed_fn, variables, split, *, batch_size, image_size):
 
 def retrieval_metrics(query_embeddings, gallery_embeddings, query, gallery, normalize=True):
     """CMC / mAP / mINP of Euclidean ranking (on l2-normalised embeddings when `normalize`)."""
-    q, g = jax.numpy.asarray(query_embeddings), jax.numpy.asarray(gallery_embeddings)
+    q, g = jnp.asarray(query_embeddings), jnp.asarray(gallery_embeddings)
     if normalize:
-        q = q / jax.numpy.maximum(jax.numpy.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        g = g / jax.numpy.maximum(jax.numpy.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+        q, g = l2_normalize(q), l2_normalize(g)
     distmat = np.asarray(pairwise_distance(q, g))
     result = evaluate_ranking(distmat, query["pids"], gallery["pids"], query["camids"], gallery["camids"])
     cmc = result["cmc"]

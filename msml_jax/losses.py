@@ -47,6 +47,7 @@ __all__ = [
     "batch_all_triplet_loss",
     "quadruplet_loss",
     "classification_loss",
+    "l2_normalize",
 ]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
@@ -63,15 +64,15 @@ def _compute_dtype(x: jax.Array) -> jax.Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    """x / max(||x||, sqrt(eps)) row-wise, shape preserved."""
+def l2_normalize(x: jax.Array) -> jax.Array:
+    """x / max(||x||, sqrt(eps)) row-wise, shape preserved; a zero row stays zero."""
     sq = jnp.sum(x * x, axis=-1, keepdims=True)
     return x * jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS))
 
 
 def _prepare(embeddings: jax.Array, normalize: bool) -> jax.Array:
     x = _compute_dtype(embeddings)
-    return _l2_normalize(x) if normalize else x
+    return l2_normalize(x) if normalize else x
 
 
 def pairwise_distance(
@@ -110,7 +111,7 @@ def pairwise_distance(
     # TF32/bf16, whose ~1e-3 relative error would swamp small distances.
     hi = jax.lax.Precision.HIGHEST
     if metric == "cosine":
-        cos = jnp.matmul(_l2_normalize(a), _l2_normalize(b).T, precision=hi)
+        cos = jnp.matmul(l2_normalize(a), l2_normalize(b).T, precision=hi)
         # Rounding can push |cos| a hair past 1; keep the distance in [0, 2].
         dist = jnp.clip(1.0 - cos, 0.0, 2.0)
     else:

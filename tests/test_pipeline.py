@@ -84,3 +84,18 @@ def test_bad_image_array_is_refused(tiny_splits):
     bad = dict(tiny_splits["train"], images=tiny_splits["train"]["images"].astype(np.float32))
     with pytest.raises(ValueError, match="uint8"):
         train_dataset(bad, PKSampler(bad["pids"], 2, 2, 0), start_step=0, end_step=1, image_size=(32, 16))
+
+
+def test_encoded_images_ending_in_zero_bytes_keep_them(tiny_splits):
+    # An uncompressed BMP whose last pixels are black ends in NUL bytes, which numpy's fixed-width
+    # bytes would strip. Hand-made 2x2 24-bit BMP: rows bottom-up, BGR, each padded to 8 bytes.
+    import struct
+
+    pixels = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [0, 0, 0]]], np.uint8)  # bottom-right black
+    rows = b"".join(pixels[y, :, ::-1].tobytes().ljust(8, b"\0") for y in (1, 0))
+    data = struct.pack("<2sIHHI", b"BM", 54 + len(rows), 0, 0, 54) + struct.pack(
+        "<IiiHHIIiiII", 40, 2, 2, 1, 24, 0, len(rows), 2834, 2834, 0, 0) + rows
+    assert data.endswith(b"\0")
+    split = {"images": np.array([data], dtype=object), "pids": np.array([0]), "camids": np.array([0])}
+    batch = next(eval_dataset(split, batch_size=1, image_size=(2, 2)).as_numpy_iterator())
+    np.testing.assert_array_equal(batch["images"][0], pixels)

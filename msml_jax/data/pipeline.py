@@ -10,12 +10,15 @@ TF ops seeded by (seed, s). Starting the pipeline at `start_step` therefore
 reproduces exactly what an uninterrupted run would have seen.
 """
 
+import dataclasses
 import os
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 import tensorflow as tf  # noqa: E402
+
+from msml_jax.data.augment import Augmentation, augment  # noqa: E402,F401  (augment: part of this API)
 
 # TensorFlow only feeds data: keep it off any accelerator JAX will use.
 tf.config.set_visible_devices([], "GPU")
@@ -25,7 +28,8 @@ def _image_source(images):
     """Returns fn(indices) -> float32 [B, h, w, 3] images before resizing, plus their size."""
     images = np.asarray(images)
     if images.dtype.kind in "SO":  # encoded files: decode each, resize to a common size later
-        encoded = tf.constant(images.astype(bytes))
+        # Not `astype(bytes)`: numpy's fixed-width bytes drop trailing NULs (a BMP's last pixels).
+        encoded = tf.constant([bytes(b) for b in images], tf.string)
 
         def load(indices, size):
             return tf.map_fn(
@@ -50,36 +54,17 @@ def _to_uint8(images):
     return tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
 
 
-def augment(images, seed, *, flip=True, shift=0.0):
-    """Random horizontal flip and shift of a batch, drawn from a stateless seed.
-
-    Args:
-      images: float32 [B, h, w, 3].
-      seed: int [2] stateless seed; the same seed gives the same augmentation.
-      flip: flip each image left-right with probability 1/2.
-      shift: largest translation as a fraction of height / width; the uncovered
-        border is filled with black.
-    Returns:
-      float32 [B, h, w, 3].
-    """
-    batch, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
-    flip_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    if shift > 0:
-        offsets = tf.random.stateless_uniform([batch, 2], shift_seed, -shift, shift)
-        boxes = tf.concat([offsets, offsets + 1.0], axis=1)  # [y1, x1, y2, x2], normalised
-        images = tf.image.crop_and_resize(images, boxes, tf.range(batch), tf.stack([h, w]))
-    if flip:
-        flips = tf.random.stateless_uniform([batch], flip_seed) < 0.5
-        images = tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    return images
-
-
-def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True, shift=0.0):
-    """PK batches of global steps [start_step, end_step).
+def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True, shift=0.0, num_threads=None,
+                  **augmentation):
+    """PK batches of global steps [start_step, end_step): decode, resize, augment.
 
     Args:
       split: the training split.
       sampler: a PKSampler over split["pids"]; its seed also seeds the augmentation.
+      image_size: (height, width) of the network input.
+      flip, shift, **augmentation: the `augment.Augmentation` fields (zoom, blur_prob,
+        blur_sigma, erase_prob, erase_area, erase_aspect); all off but flip by default.
+      num_threads: size of the pipeline's private thread pool (None: TF's default, all cores).
     Returns:
       tf.data.Dataset of dicts with `images` uint8 [P*K, h, w, 3], `labels` int32
       [P*K] (index of the pid in `sampler.identities`), `step` int64.
@@ -88,17 +73,35 @@ def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True
     labels = tf.constant(np.searchsorted(sampler.identities, split["pids"]).astype(np.int32))
     load = _image_source(split["images"])
     size = tuple(image_size)
+    augmentation = Augmentation(flip=flip, shift=shift, **augmentation)
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops: nothing for AutoGraph to convert
     def make_batch(step):
         indices = tf.numpy_function(sampler.batch_indices, [step], tf.int64, stateful=False)
         indices.set_shape([P * K])
-        images = augment(load(indices, size), tf.stack([tf.constant(seed, tf.int64), step]), flip=flip, shift=shift)
+        images = augment(load(indices, size), tf.stack([tf.constant(seed, tf.int64), step]), augmentation)
         return {"images": _to_uint8(images), "labels": tf.gather(labels, indices), "step": step}
 
     ds = tf.data.Dataset.range(start_step, end_step)
     ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if num_threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = int(num_threads)
+        ds = ds.with_options(options)
     return ds.prefetch(2)
+
+
+def train_dataset_from_config(split, sampler, data_config, start_step, end_step):
+    """`train_dataset` with the image size and augmentation fields of `config.data`.
+
+    Reads `image_size`, the `Augmentation` fields present (flip, shift, zoom, blur_prob,
+    blur_sigma, erase_prob, erase_area, erase_aspect) and `num_threads` (optional).
+    """
+    augmentation = dataclasses.asdict(Augmentation.from_config(data_config))
+    return train_dataset(
+        split, sampler, start_step=start_step, end_step=end_step, image_size=tuple(data_config.image_size),
+        num_threads=data_config.get("num_threads"), **augmentation,
+    )
 
 
 def eval_dataset(split, *, batch_size, image_size):

@@ -6,24 +6,39 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from msml_jax.errors import UserError
-from msml_jax.models import resnet
-from msml_jax.models.heads import EmbeddingHead
+from msml_jax.models import inception, resnet
+from msml_jax.models.heads import EVAL_EMBEDDINGS, EmbeddingHead
 
 # ImageNet statistics in RGB, on the 0..255 scale (torchvision's preprocessing).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+# Keras "caffe" preprocessing (keras.applications.resnet50.preprocess_input): RGB -> BGR, minus the BGR mean.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# name -> (pixel_mean, pixel_std, channel_order) of the weights' origin.
+PREPROCESSING = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD, "rgb"),
+    "caffe": (CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), "bgr"),
+}
 
 BACKBONES = {
     "small_resnet": resnet.small_resnet,
     "resnet18": resnet.resnet18,
+    "resnet34": resnet.resnet34,
+    "resnet50": resnet.resnet50,
+    "resnet101": resnet.resnet101,
+    "resnext50_32x4d": resnet.resnext50_32x4d,
+    "resnet50x": resnet.resnet50x,
+    "inception_v2": inception.inception_v2,
 }
 
 
 class ReidModel(nn.Module):
-    """uint8 or float images [B, H, W, 3] (RGB, 0..255) -> dict of features, embeddings, logits.
+    """uint8 or float images [B, H, W, 3] (RGB, 0..255) -> dict of features, embeddings, logits (see EmbeddingHead).
 
-    Normalises pixels with `pixel_mean` / `pixel_std` itself, so a checkpoint
-    carries its own preprocessing.
+    Normalises pixels itself, x = (image[..., order] - pixel_mean) / pixel_std with order RGB or BGR
+    (`channel_order`, the order `pixel_mean`/`pixel_std` are given in), so a checkpoint carries its own
+    preprocessing.
     """
 
     backbone: nn.Module
@@ -31,33 +46,101 @@ class ReidModel(nn.Module):
     embed_dim: int = 1024
     pixel_mean: Sequence[float] = IMAGENET_MEAN
     pixel_std: Sequence[float] = IMAGENET_STD
+    channel_order: str = "rgb"
+    bnneck: bool = False
+    dropout: float = 0.0
+    eval_embedding: str = "embedding"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images, train: bool = False):
-        x = (images.astype(jnp.float32) - jnp.asarray(self.pixel_mean)) / jnp.asarray(self.pixel_std)
+        x = images.astype(jnp.float32)
+        if self.channel_order == "bgr":
+            x = x[..., ::-1]
+        x = (x - jnp.asarray(self.pixel_mean, jnp.float32)) / jnp.asarray(self.pixel_std, jnp.float32)
         feature_map = self.backbone(x.astype(self.dtype), train=train)
-        return EmbeddingHead(self.num_classes, self.embed_dim, name="head")(feature_map)
+        head = EmbeddingHead(
+            self.num_classes,
+            self.embed_dim,
+            bnneck=self.bnneck,
+            dropout=self.dropout,
+            eval_embedding=self.eval_embedding,
+            name="head",
+        )
+        return head(feature_map, train=train)
 
 
-def get_model(name, num_classes, embed_dim=1024, dtype="float32", last_stride=2, **options):
+def get_model(
+    name,
+    num_classes,
+    embed_dim=1024,
+    dtype="float32",
+    last_stride=2,
+    keras_style=False,
+    preprocessing=None,
+    **options,
+):
     """Builds a re-ID model by backbone name.
 
     Args:
       name: one of BACKBONES.
       num_classes: training identities (classifier outputs).
       embed_dim: size of the metric embedding (the paper uses 1024).
-      dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
-      last_stride: stride of the backbone's last stage.
-      **options: ReidModel fields (pixel_mean, pixel_std).
+      dtype: compute dtype, "float32" or "bfloat16" (parameters, BatchNorm statistics and outputs stay float32).
+      last_stride: stride of the backbone's last stage (1 or 2).
+      keras_style: ResNet laid out as keras.applications (stride on the first 1x1, conv biases, BN eps 1.001e-5).
+      preprocessing: "imagenet" (torchvision: RGB mean/std), "caffe" (Keras: BGR mean subtraction), or
+        None / "auto": "caffe" with keras_style, else "imagenet". Sets pixel_mean/pixel_std/channel_order
+        (those given explicitly in **options win).
+      **options: other ReidModel fields (bnneck, dropout, eval_embedding, pixel_mean, pixel_std, channel_order).
     Returns:
-      a ReidModel; `model.apply(variables, images, train=...)` returns a dict with
-      `features`, `embeddings` and `logits`.
+      a ReidModel; `model.apply(variables, images, train=...)` returns a dict with `features`, `embeddings`,
+      `logits` (and `bnneck`, `retrieval` with those options).
     """
     if name not in BACKBONES:
         raise UserError(f"unknown model {name!r} in config.model.name: valid names are {', '.join(sorted(BACKBONES))}")
     if dtype not in ("float32", "bfloat16"):
         raise UserError(f"config.dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    if last_stride not in (1, 2):
+        raise UserError(f"config.model.last_stride must be 1 or 2, got {last_stride!r}")
+    if keras_style and name not in ("resnet50", "resnet101", "small_resnet"):
+        raise UserError(f"config.model.keras_style=True is only for resnet50/resnet101 (Keras's layout), not {name!r}")
+    eval_embedding = options.get("eval_embedding", "embedding")
+    if eval_embedding not in EVAL_EMBEDDINGS:
+        valid = ", ".join(EVAL_EMBEDDINGS)
+        raise UserError(f"config.model.eval_embedding={eval_embedding!r}: valid values are {valid}")
+    if eval_embedding == "bnneck" and not options.get("bnneck", False):
+        raise UserError("config.model.eval_embedding='bnneck' needs config.model.bnneck=True")
+    if not 0.0 <= float(options.get("dropout", 0.0)) < 1.0:
+        raise UserError(f"config.model.dropout must be in [0, 1), got {options['dropout']!r}")
+    if preprocessing in (None, "", "auto"):
+        preprocessing = "caffe" if keras_style else "imagenet"
+    if preprocessing not in PREPROCESSING:
+        raise UserError(
+            f"config.model.preprocessing={preprocessing!r}: valid values are auto, {', '.join(PREPROCESSING)}"
+        )
+    mean, std, order = PREPROCESSING[preprocessing]
+    options = {"pixel_mean": mean, "pixel_std": std, "channel_order": order, **options}
     compute_dtype = jnp.dtype(dtype)
-    backbone = BACKBONES[name](dtype=compute_dtype, last_stride=last_stride)
+    backbone = BACKBONES[name](dtype=compute_dtype, last_stride=last_stride, keras_style=keras_style)
     return ReidModel(backbone=backbone, num_classes=num_classes, embed_dim=embed_dim, dtype=compute_dtype, **options)
+
+
+def model_from_config(config, num_classes):
+    """The model of a run's config (`config.model` and `config.dtype`); absent new fields take their defaults."""
+    m = config.model
+    return get_model(
+        m.name,
+        num_classes,
+        embed_dim=m.embed_dim,
+        dtype=config.dtype,
+        last_stride=m.last_stride,
+        keras_style=bool(m.get("keras_style", False)),
+        preprocessing=m.get("preprocessing", "auto"),
+        bnneck=bool(m.get("bnneck", False)),
+        dropout=float(m.get("dropout", 0.0)),
+        eval_embedding=m.get("eval_embedding", "embedding"),
+    )
+
+
+from msml_jax.models.pretrained import load_pretrained  # noqa: E402  (re-export; pretrained imports this package)

@@ -1,31 +1,64 @@
-"""The trainer, top to bottom: data -> model -> jitted steps -> metrics.jsonl and Orbax checkpoints."""
+"""The trainer, top to bottom: data -> model -> jitted, data-parallel steps -> metrics.jsonl, TensorBoard, Orbax.
+
+Each process of a run executes this same code; process 0 alone writes metrics, TensorBoard and the progress bar,
+while every process takes part in checkpoints (Orbax coordinates them) and in the jitted computations.
+"""
 
 import functools
 import json
 import math
 import os
+import signal
 import time
 
 import jax
 import numpy as np
 import tqdm
 
-from msml_jax.data import load_splits
-from msml_jax.data.pipeline import train_dataset
+from msml_jax.data import load_datasets
+from msml_jax.data.pipeline import train_dataset_from_config
 from msml_jax.data.sampling import PKSampler
 from msml_jax.errors import UserError
 from msml_jax.inference import embed_split, retrieval_metrics
-from msml_jax.models import get_model
-from msml_jax.training import checkpoint, steps
+from msml_jax.models import load_pretrained, model_from_config
+from msml_jax.training import checkpoint, parallel, steps
+from msml_jax.training.summaries import SummaryWriter
 from msml_jax.training.validate import validate_config
 
 EVAL_COLUMNS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"), ("mINP", "mINP"))
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a process stopped by SIGTERM
+
+
+class Preempted(Exception):
+    """The run stopped on SIGTERM after committing a checkpoint; the same command continues it."""
 
 
 def append_metrics(workdir, record):
     """Appends one JSON object as a line of `workdir/metrics.jsonl`."""
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def _rewind_metrics(workdir, step, final_step):
+    """Drops the records written after checkpoint `step` (they will be written again), atomically.
+
+    Kept: train records up to `step`, evaluations before `step`, and the evaluation at `step` unless it is the
+    final one (a resumed run repeats the final evaluation). The file then reads as an uninterrupted run's.
+    """
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+
+    def keep(r):
+        if "dataset" in r:
+            return r["step"] < step or (r["step"] == step and step < final_step)
+        return r["step"] <= step
+
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records if keep(r))
+    os.replace(path + ".tmp", path)
 
 
 def format_table(records):
@@ -41,107 +74,264 @@ def format_table(records):
 def _setup(config):
     """Data and model of a run, before any compile or write; user mistakes surface here."""
     validate_config(config)
-    splits = load_splits(config.data.name, config.data.seed, config.data.synthetic.to_dict())
-    num_classes = len(np.unique(splits["train"]["pids"]))
-    model = get_model(
-        config.model.name,
-        num_classes,
-        embed_dim=config.model.embed_dim,
-        dtype=config.dtype,
-        last_stride=config.model.last_stride,
-    )
-    return splits, model
+    train, eval_sets = load_datasets(config.data)
+    num_classes = len(np.unique(train["pids"]))
+    model = model_from_config(config, num_classes)
+    return train, eval_sets, model
 
 
-def evaluate(embed_fn, variables, splits, config, step):
-    """Embeds query and gallery and returns one evaluation record."""
+def evaluate(embed_fn, variables, eval_sets, config, step):
+    """Embeds each evaluation set's query and gallery; returns one record per dataset."""
     kwargs = dict(batch_size=config.eval_batch_size, image_size=tuple(config.data.image_size))
-    query = embed_split(embed_fn, variables, splits["query"], **kwargs)
-    gallery = embed_split(embed_fn, variables, splits["gallery"], **kwargs)
-    metrics = retrieval_metrics(query, gallery, splits["query"], splits["gallery"], normalize=config.normalize)
-    return {"step": int(step), "dataset": config.data.name, **metrics}
+    records = []
+    for name, sets in eval_sets.items():
+        query = embed_split(embed_fn, variables, sets["query"], **kwargs)
+        gallery = embed_split(embed_fn, variables, sets["gallery"], **kwargs)
+        metrics = retrieval_metrics(query, gallery, sets["query"], sets["gallery"], normalize=config.normalize)
+        records.append({"step": int(step), "dataset": name, **metrics})
+    return records
 
 
 def _embed_fn(model):
     return jax.jit(functools.partial(steps.embed_step, model.apply))
 
 
+def jit_train_step(config, mesh):
+    """`steps.train_step` jitted over `mesh`: state replicated, images / labels sharded on "data".
+
+    Returns fn(state, images, labels) -> (state, metrics) with replicated outputs; the state is donated.
+    """
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(
+        functools.partial(steps.train_step, config=config),
+        in_shardings=(repl, data, data),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )
+
+
+def steps_per_epoch(num_train_ids, config):
+    """One epoch = every training identity drawn once: num_train_ids // P steps (at least 1)."""
+    return max(1, num_train_ids // config.P)
+
+
+class _StopSignal:
+    """Remembers a SIGTERM (a preemption notice) until the loop reaches a step boundary."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self):
+        if jax.process_count() > 1:  # JAX's preemption service catches SIGTERM and syncs the hosts itself
+            return self
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, SIGTERM keeps its default
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def should_stop(self, step):
+        if jax.process_count() > 1:  # every process must stop at the same step: JAX's preemption sync point
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.received
+
+
+class _Progress:
+    """A tqdm bar per epoch (process 0 only): step, loss, images/s and the run's ETA."""
+
+    def __init__(self, start_step, num_steps, per_epoch, batch_size, enabled):
+        self.num_steps, self.per_epoch, self.batch_size, self.enabled = num_steps, per_epoch, batch_size, enabled
+        self.bar, self.loss, self.rate = None, float("nan"), None
+        self._open(start_step)
+
+    def _open(self, step):
+        if not self.enabled or step >= self.num_steps:
+            return
+        epoch = step // self.per_epoch
+        first, last = epoch * self.per_epoch, min((epoch + 1) * self.per_epoch, self.num_steps)
+        num_epochs = -(-self.num_steps // self.per_epoch)
+        self.bar = tqdm.tqdm(
+            total=last - first, initial=step - first, desc=f"epoch {epoch + 1}/{num_epochs}", unit="step",
+            dynamic_ncols=True, mininterval=0.5,
+        )
+
+    def update(self, step, loss=None, images_per_sec=None):
+        if not self.enabled:
+            return
+        if loss is not None:
+            self.loss = loss
+        if images_per_sec:
+            self.rate = images_per_sec
+        postfix = {"step": step, "loss": f"{self.loss:.3f}"}
+        if self.rate:
+            eta = (self.num_steps - step) * self.batch_size / self.rate
+            postfix.update(img_s=f"{self.rate:.0f}", eta=time.strftime("%H:%M:%S", time.gmtime(eta)))
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+        if step % self.per_epoch == 0 or step == self.num_steps:
+            self.close()
+            self._open(step)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _check_finite(metrics, step, manager, workdir):
+    """UserError naming `step` when the loss or gradient is NaN/Inf; pending checkpoints commit first."""
+    if math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"]):
+        return
+    manager.wait_until_finished()
+    good = manager.latest_step()
+    where = f"step {good} in {os.path.join(workdir, 'checkpoints')}" if good is not None else "none"
+    raise UserError(
+        f"the loss became {metrics['loss']} (gradient norm {metrics['grad_norm']}) at step {step}; training stopped "
+        f"and nothing of step {step} was saved; the latest good checkpoint is {where}: lower config.learning_rate, "
+        f"check the data, or restart from it with --config.allow_config_change=True and a changed config"
+    )
+
+
 def train_and_evaluate(config, workdir):
-    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final evaluation record."""
-    splits, model = _setup(config)
-    sampler = PKSampler(splits["train"]["pids"], config.P, config.K, config.seed)
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final evaluation records.
+
+    Raises UserError on a config mistake, on a config different from the checkpoint's, and on a NaN/Inf loss;
+    Preempted after saving a checkpoint on SIGTERM.
+    """
+    train, eval_sets, model = _setup(config)
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    is_main = jax.process_index() == 0
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    # Refuse a changed config before writing anything. Every process looks before any creates the directory.
+    resuming = os.path.isdir(checkpoint_dir)
+    parallel.barrier("msml: looked for checkpoints")
+    if resuming:
+        reader = checkpoint.checkpoint_manager(workdir, create=False)
+        latest = reader.latest_step()
+        if latest is not None:
+            checkpoint.check_config_unchanged(checkpoint.restore_config(reader, latest), config, checkpoint_dir)
+        reader.close()
+
+    sampler = PKSampler(train["pids"], config.P, config.K, config.seed)
+    per_epoch = steps_per_epoch(len(sampler.identities), config)
     os.makedirs(workdir, exist_ok=True)
     manager = checkpoint.checkpoint_manager(workdir, config.max_checkpoints)
+    best = checkpoint.best_checkpoint_manager(workdir)
     start_step = manager.latest_step() or 0
-    dataset = train_dataset(
-        splits["train"],
-        sampler,
-        start_step=start_step,
-        end_step=config.num_train_steps,
-        image_size=config.data.image_size,
-        flip=config.data.flip,
-        shift=config.data.shift,
-    )
-    state = steps.create_train_state(model, config, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
+    # Image size and every augmentation field of config.data (flip, shift, zoom, blur, erasing).
+    dataset = train_dataset_from_config(train, sampler, config.data, start_step, config.num_train_steps)
+    variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
+    state = parallel.replicate(steps.create_train_state(model, config, load_pretrained(variables, config.model)), mesh)
     if start_step:
         state, _ = checkpoint.restore(manager, state)
-        print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)
-    train_step = jax.jit(functools.partial(steps.train_step, config=config), donate_argnums=0)
+        if is_main:
+            _rewind_metrics(workdir, start_step, config.num_train_steps)
+            print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)
+    train_step = jit_train_step(config, mesh)
     embed_fn = _embed_fn(model)
     variables = lambda: {"params": state.params, "batch_stats": state.batch_stats}  # noqa: E731
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
+    rows = parallel.local_rows(config.batch_size, mesh)
+    eval_every = config.get("eval_every_steps", 0)
+
+    def position(step):
+        return {"step": int(step), "seed": int(config.seed), "epoch": int(step // per_epoch),
+                "steps_per_epoch": int(per_epoch)}
+
+    def run_evaluation(step):
+        records = evaluate(embed_fn, variables(), eval_sets, config, step=step)
+        if is_main:
+            for record in records:
+                append_metrics(workdir, record)
+            writer.scalars(step, {f"{r['dataset']}/{k}": r[k] for r in records for k, _ in EVAL_COLUMNS}, "eval/")
+            writer.flush()
+        if step > 0 and step not in best.all_steps():
+            mean_map = float(np.mean([r["mAP"] for r in records]))
+            checkpoint.save(best, state, config, position(step), metrics={"mAP": mean_map})
+        return records
 
     records = []
     if start_step == 0:
-        records.append(evaluate(embed_fn, variables(), splits, config, step=0))
-        append_metrics(workdir, records[-1])
-        print(format_table(records), flush=True)
+        records += run_evaluation(0)
+        if is_main:
+            print(format_table(records), flush=True)
 
-    bar = tqdm.tqdm(total=config.num_train_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    progress = _Progress(start_step, config.num_train_steps, per_epoch, config.batch_size, enabled=is_main)
     tick, tick_step = None, start_step
-    for batch in dataset.as_numpy_iterator():
-        state, metrics = train_step(state, batch["images"], batch["labels"])
-        step = int(batch["step"]) + 1
-        # Waiting for each step keeps the bar and images/s honest; tf.data still prefetches meanwhile.
-        jax.block_until_ready(metrics["loss"])
-        bar.update(1)
-        if tick is None:  # the first step compiles: start the clock after it
-            tick, tick_step = time.perf_counter(), step
-        if step % config.log_every_steps == 0 or step == config.num_train_steps:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not math.isfinite(metrics["loss"]):
-                bar.close()
-                manager.wait_until_finished()
-                raise UserError(
-                    f"the loss became {metrics['loss']} at step {step}; the latest good checkpoint is step "
-                    f"{manager.latest_step()} in {workdir}: lower config.learning_rate or check the data"
-                )
-            now = time.perf_counter()
-            if step > tick_step:
-                metrics["images_per_sec"] = (step - tick_step) * config.batch_size / (now - tick)
-            tick, tick_step = now, step
-            append_metrics(workdir, {"step": step, **metrics})
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", img_s=f"{metrics.get('images_per_sec', 0):.0f}")
-        if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-            checkpoint.save(manager, state, config)
-    bar.close()
-    manager.wait_until_finished()
+    try:
+        with _StopSignal() as stop:
+            for batch in dataset.as_numpy_iterator():
+                local = {"images": batch["images"][rows], "labels": batch["labels"][rows]}
+                inputs = parallel.global_batch(local, config.batch_size, mesh)
+                state, metrics = train_step(state, inputs["images"], inputs["labels"])
+                step = int(batch["step"]) + 1
+                # One small fetch per step: it keeps the bar and images/s honest, and no NaN reaches a checkpoint.
+                loss, grad_norm = (float(x) for x in jax.device_get((metrics["loss"], metrics["grad_norm"])))
+                _check_finite({"loss": loss, "grad_norm": grad_norm}, step, manager, workdir)
+                if tick is None:  # the first step compiles: start the clock after it
+                    tick, tick_step = time.perf_counter(), step
+                logged = step % config.log_every_steps == 0 or step == config.num_train_steps
+                rate = None
+                if logged:
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.perf_counter()
+                    if step > tick_step:
+                        rate = metrics["images_per_sec"] = (step - tick_step) * config.batch_size / (now - tick)
+                    tick, tick_step = now, step
+                    if is_main:
+                        append_metrics(workdir, {"step": step, **metrics})
+                        writer.scalars(step, metrics, "train/")
+                        writer.flush()
+                progress.update(step, loss, rate)
+                if eval_every and step % eval_every == 0 and step < config.num_train_steps:
+                    run_evaluation(step)
+                preempted = stop.should_stop(step)
+                if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or preempted:
+                    checkpoint.save(manager, state, config, position(step), force=preempted)
+                if preempted:
+                    manager.wait_until_finished()
+                    raise Preempted(
+                        f"stopped by SIGTERM after step {step}; its checkpoint is in {checkpoint_dir}: "
+                        f"run the same command again to continue"
+                    )
+    finally:
+        progress.close()
+        manager.wait_until_finished()
+        best.wait_until_finished()
+        writer.flush()
 
-    records.append(evaluate(embed_fn, variables(), splits, config, step=int(state.step)))
-    append_metrics(workdir, records[-1])
-    print(format_table(records), flush=True)
+    final = run_evaluation(int(state.step))
+    if is_main:
+        print(format_table(records + final), flush=True)
+    best.wait_until_finished()
+    best.close()
     manager.close()
-    return records[-1]
+    writer.close()
+    return final
 
 
 def evaluate_checkpoint(config, workdir):
-    """Restores the latest checkpoint of `workdir`, evaluates it, appends and returns the record."""
+    """Restores the latest checkpoint of `workdir`, evaluates it, appends and returns the records."""
     manager = checkpoint.existing_checkpoint_manager(workdir)
-    splits, model = _setup(config)
-    state = steps.create_train_state(model, config, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
-    state, _ = checkpoint.restore(manager, state)
+    _, eval_sets, model = _setup(config)
+    variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
+    state, _ = checkpoint.restore(manager, steps.create_train_state(model, config, variables))
     manager.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    record = evaluate(_embed_fn(model), variables, splits, config, step=int(state.step))
-    append_metrics(workdir, record)
-    print(format_table([record]), flush=True)
-    return record
+    records = evaluate(_embed_fn(model), variables, eval_sets, config, step=int(state.step))
+    if jax.process_index() == 0:
+        for record in records:
+            append_metrics(workdir, record)
+        print(format_table(records), flush=True)
+    return records

@@ -20,16 +20,27 @@ class TrainState(train_state.TrainState):
 
 
 def learning_rate_schedule(config):
-    """Adam's step schedule: `learning_rate`, multiplied by `lr_decay` at each of `lr_boundaries` (steps)."""
-    return optax.piecewise_constant_schedule(
+    """Adam's step schedule: `learning_rate`, multiplied by `lr_decay` at each of `lr_boundaries` (steps).
+
+    With `warmup_steps` = W > 0 the rate of step t (0-based) is further scaled by min(1, (t + 1) / W).
+    """
+    steps = optax.piecewise_constant_schedule(
         config.learning_rate, {int(b): float(config.lr_decay) for b in config.lr_boundaries}
     )
+    warmup = int(config.get("warmup_steps", 0))
+    if warmup <= 0:
+        return steps
+    return lambda t: steps(t) * jnp.minimum(1.0, (t + 1) / warmup)
 
 
-def create_train_state(model, config, image_shape, key):
-    """Initialises parameters and Adam for images of `image_shape` (h, w)."""
+def init_variables(model, image_shape, key):
+    """Random initial variables ({"params", "batch_stats"}) for images of `image_shape` (h, w)."""
     images = jnp.zeros((2, *image_shape, 3), jnp.uint8)
-    variables = jax.jit(functools.partial(model.init, train=False))(key, images)
+    return jax.jit(functools.partial(model.init, train=False))(key, images)
+
+
+def create_train_state(model, config, variables):
+    """Train state with Adam on the step schedule, from initial `variables`."""
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
@@ -63,15 +74,24 @@ def train_step(state, images, labels, *, config):
       config: the run's ConfigDict (static: bind it with functools.partial before jit).
     Returns:
       (new state, dict of scalar metrics: loss, cls_loss, metric_loss, accuracy,
-      hardest_pos / hardest_neg (mean mined distances), learning_rate).
+      hardest_pos / hardest_neg (mean mined distances), learning_rate, grad_norm).
+
+    Under jit with the batch sharded over devices (training.parallel) every term, the mining included, is
+    computed over the global batch.
     """
     # The random losses draw fresh pairs each step, reproducibly from (seed, step).
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
 
     def loss_fn(params):
         outputs, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.fold_in(key, 1)},  # used only by a head with dropout > 0
         )
+        # Losses in float32 whatever the compute dtype: bf16 distances would round the margins away.
+        outputs = {k: v.astype(jnp.float32) for k, v in outputs.items()}
         cls = losses.classification_loss(outputs["logits"], labels, label_smoothing=config.label_smoothing)
         metric = metric_loss(
             config.loss,
@@ -90,7 +110,7 @@ def train_step(state, images, labels, *, config):
 
     embeddings = jax.lax.stop_gradient(outputs["embeddings"])
     if config.normalize:
-        embeddings = embeddings / jnp.maximum(jnp.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+        embeddings = losses.l2_normalize(embeddings)
     hardest_pos, hardest_neg, valid = losses.hardest_pairs(losses.pairwise_distance(embeddings), labels)
     num_valid = jnp.maximum(valid.sum(), 1)
     metrics = {
@@ -101,10 +121,15 @@ def train_step(state, images, labels, *, config):
         "hardest_pos": jnp.sum(jnp.where(valid, hardest_pos, 0.0)) / num_valid,
         "hardest_neg": jnp.sum(jnp.where(valid, hardest_neg, 0.0)) / num_valid,
         "learning_rate": learning_rate_schedule(config)(state.step - 1),
+        "grad_norm": optax.tree.norm(grads),
     }
     return state, metrics
 
 
 def embed_step(apply_fn, variables, images):
-    """Evaluation embeddings float32 [B, D] of uint8 images [B, h, w, 3] (inference mode)."""
-    return apply_fn(variables, images, train=False)["embeddings"].astype(jnp.float32)
+    """Evaluation embeddings float32 [B, D] of uint8 images [B, h, w, 3] (inference mode).
+
+    A model whose head offers several embeddings names the one to rank with `retrieval`.
+    """
+    outputs = apply_fn(variables, images, train=False)
+    return outputs.get("retrieval", outputs["embeddings"]).astype(jnp.float32)

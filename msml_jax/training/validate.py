@@ -17,6 +17,10 @@ def validate_config(config):
         value = config[field]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"config.{field} must be a positive integer, got {value!r}")
+    for field in ("eval_every_steps", "warmup_steps"):  # 0 turns them off
+        value = config.get(field, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise UserError(f"config.{field} must be a non-negative integer (0: off), got {value!r}")
     if config.loss != "cls" and (config.P < 2 or config.K < 2):
         raise UserError(
             f"config.loss={config.loss!r} needs positive and negative pairs in every batch: "

@@ -1,0 +1,136 @@
+"""Images/s of the jitted train step per backbone, size and dtype; FLOPs/image from XLA's cost analysis.
+
+One step = forward, classification + MSML loss, backward, Adam update (msml_jax.training.steps.train_step), on a
+P x K batch held in device memory (no input pipeline, no TensorFlow). Utilization is achieved FLOP/s over the
+device's dense peak for the dtype, where known.
+
+    python benchmarks/train_throughput.py                                   # the paper's settings (accelerator)
+    python benchmarks/train_throughput.py --sizes 64x32 --batch 16 --backbones small_resnet,resnet50 --steps 3
+
+Prints one row per (backbone, size, dtype).
+"""
+
+import argparse
+import functools
+import importlib.util
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script from anywhere
+
+from msml_jax.models import get_model  # noqa: E402
+from msml_jax.training import steps  # noqa: E402
+
+# Dense peak FLOP/s by device kind substring and dtype (vendor datasheets; float32 = TF32 tensor cores on NVIDIA).
+PEAKS = {
+    "H100": {"bfloat16": 989e12, "float32": 495e12},
+    "H200": {"bfloat16": 989e12, "float32": 495e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
+    "TPU v5e": {"bfloat16": 197e12, "float32": 197e12},
+}
+
+
+def base_config():
+    """configs/synthetic.py's loss / optimizer settings (MSML + classification, Adam), loaded without TensorFlow."""
+    spec = importlib.util.spec_from_file_location("synthetic", os.path.join(ROOT, "configs", "synthetic.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.loss = "msml"
+    config.learning_rate = 1e-3
+    return config
+
+
+def flops_of(compiled):
+    """Total FLOPs of a compiled computation from XLA's cost analysis (None when the backend gives none)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost:
+        return None
+    flops = cost.get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def peak_flops(dtype):
+    kind = jax.devices()[0].device_kind
+    for key, peaks in PEAKS.items():
+        if key.lower() in kind.lower():
+            return peaks[dtype]
+    return None
+
+
+def measure(name, size, dtype, batch, k, num_classes, embed_dim, num_steps, warmup):
+    """(images/s, seconds/step, FLOPs/image or None) of the train step for one setting."""
+    config = base_config()
+    config.model.name = name
+    config.model.embed_dim = embed_dim
+    config.dtype = dtype
+    config.P, config.K, config.batch_size = batch // k, k, batch
+    model = get_model(name, num_classes, embed_dim=embed_dim, dtype=dtype)
+    variables = steps.init_variables(model, size, jax.random.key(0))
+    state = steps.create_train_state(model, config, variables)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (batch, *size, 3), np.uint8))
+    ids = rng.choice(num_classes, batch // k, replace=False)
+    labels = jnp.asarray(np.repeat(ids, k).astype(np.int32))
+    step = jax.jit(functools.partial(steps.train_step, config=config), donate_argnums=0)
+    compiled = step.lower(state, images, labels).compile()
+    flops = flops_of(compiled)
+    for _ in range(warmup):
+        state, metrics = compiled(state, images, labels)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(num_steps):
+        state, metrics = compiled(state, images, labels)
+    jax.block_until_ready((state.params, metrics))
+    seconds = (time.perf_counter() - start) / num_steps
+    if not np.isfinite(float(metrics["loss"])):
+        raise FloatingPointError(f"{name} {size} {dtype}: loss is {float(metrics['loss'])}")
+    return batch / seconds, seconds, (flops / batch if flops else None)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", default="resnet50,resnet50x,inception_v2")
+    parser.add_argument("--sizes", default="224x224,256x128", help="comma-separated HxW")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--batch", type=int, default=128, help="P x K images per step")
+    parser.add_argument("--K", type=int, default=4, help="images per identity")
+    parser.add_argument("--num_classes", type=int, default=751, help="classifier outputs (Market-1501: 751)")
+    parser.add_argument("--embed_dim", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.batch % args.K:
+        parser.error("--batch must be a multiple of --K")
+    device = jax.devices()[0]
+    print(f"device: {device.platform} {device.device_kind} x{jax.device_count()}; batch {args.batch} "
+          f"(P={args.batch // args.K}, K={args.K}); {args.steps} timed steps after {args.warmup} warm-up", flush=True)
+    columns = ("size", 8), ("dtype", 9), ("img/s", 9), ("ms/step", 9), ("GFLOP/img", 10), ("TFLOP/s", 8), ("util", 6)
+    print(f"{'backbone':<16} " + " ".join(f"{c:>{w}}" for c, w in columns))
+    for name in args.backbones.split(","):
+        for size_text in args.sizes.split(","):
+            size = tuple(int(v) for v in size_text.lower().split("x"))
+            for dtype in args.dtypes.split(","):
+                ips, seconds, flops = measure(
+                    name, size, dtype, args.batch, args.K, args.num_classes, args.embed_dim, args.steps, args.warmup
+                )
+                achieved = flops * ips if flops else None
+                peak = peak_flops(dtype)
+                util = f"{achieved / peak:6.1%}" if achieved and peak else f"{'-':>6}"
+                gflop = f"{flops / 1e9:10.2f}" if flops else f"{'-':>10}"
+                tflops = f"{achieved / 1e12:8.3f}" if achieved else f"{'-':>8}"
+                print(f"{name:<16} {size_text:>8} {dtype:>9} {ips:9.1f} {seconds * 1e3:9.1f} {gflop} {tflops} {util}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()

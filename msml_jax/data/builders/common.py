@@ -1,0 +1,255 @@
+"""Shared pieces of the re-id TFDS builders: finding a release in the manual dir, reading its images, the features.
+
+A release is found in `manual_dir` either extracted (a folder holding the builder's `RELEASE_MARKER`, up to two
+levels down) or as the official archive (.zip / .tar[.gz|.bz2], extracted into a temporary folder removed when
+the build ends). Builders implement `_release_splits(root)` over the on-disk release root.
+
+Every example carries `image` (uint8 [H, W, 3]), `pid` (int64 identity; 0 = distractor where the dataset has
+them), `camid` (int64, 0-based camera) and `file_name` (the image's path in the release), plus the builder's
+`EXTRA_FEATURES`. A build that fails removes what it created in `data_dir` (tfds already writes into an
+`.incomplete` folder and renames it on success; the parent folders and `downloads/` are removed here).
+"""
+
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from msml_jax.errors import UserError
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def person_features(encoding_format="jpeg", **extras):
+    """The features dict shared by the re-id builders: image, pid, camid, file_name, plus `extras`."""
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format=encoding_format),
+            "pid": np.int64,
+            "camid": np.int64,
+            "file_name": tfds.features.Text(),
+            **extras,
+        }
+    )
+
+
+def list_images(folder):
+    """Sorted paths of the image files directly in `folder` (other files such as Thumbs.db are ignored)."""
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                  if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, n)))
+
+
+def file_name_error(path, expected):
+    """The UserError for a release file whose name does not parse."""
+    return UserError(f"file name {path} does not parse: expected {expected}; rename or remove that file")
+
+
+class CorruptImageError(UserError):
+    """An image in the release that does not decode."""
+
+
+def decode_image(data, name):
+    """Decodes JPEG/PNG/BMP bytes to uint8 [H, W, 3]; CorruptImageError naming `name` when unreadable/truncated."""
+    try:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+        raise CorruptImageError(f"unreadable or truncated image {name}: {e.message.strip().splitlines()[-1]}") from e
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise CorruptImageError(f"unreadable or truncated image {name}: it has no pixels")
+    return image
+
+
+def _archive_root(names, marker):
+    """The shortest member prefix `p` such that `p + marker` is a member (file or folder), else None."""
+    best = None
+    for name in names:
+        parts = name.rstrip("/").split("/")
+        for end in range(len(parts), 0, -1):  # the member and each folder above it
+            candidate = "/".join(parts[:end])
+            if candidate == marker or candidate.endswith("/" + marker):
+                prefix = candidate[: len(candidate) - len(marker)]
+                if best is None or len(prefix) < len(best):
+                    best = prefix
+    return best
+
+
+def find_release(manual_dir, marker, archives, instructions, tmp_parent=None):
+    """(root folder holding `marker`, temporary folder to remove or None) for the release in `manual_dir`.
+
+    Looks for an extracted copy in `manual_dir` and its sub-folders two levels down, then in the archives in
+    `manual_dir` (names in `archives` first, then any other .zip/.tar), extracting the first that holds the
+    marker into a new temporary folder under `tmp_parent`. Raises UserError with the manual-download
+    `instructions` when nothing holds the marker.
+    """
+    marker = marker.strip("/")
+    if manual_dir is None or not os.path.isdir(manual_dir):
+        raise UserError(f"manual directory {manual_dir} does not exist.\n{instructions}")
+    level = [manual_dir]
+    for depth in range(3):
+        for folder in level:
+            if os.path.exists(os.path.join(folder, marker)):
+                return folder, None
+        if depth < 2:  # (not listing the last level: in MARS's pid folders that is a million frames)
+            level = [entry.path for f in level for entry in sorted(os.scandir(f), key=lambda e: e.name)
+                     if entry.is_dir() and not entry.name.startswith(".")]
+    files = sorted(os.listdir(manual_dir))
+    candidates = [n for n in archives if n in files] + [
+        n for n in files if n.lower().endswith(ARCHIVE_SUFFIXES) and n not in archives]
+    for name in candidates:
+        path = os.path.join(manual_dir, name)
+        if zipfile.is_zipfile(path):
+            opener, names = zipfile.ZipFile, lambda a: a.namelist()
+        elif tarfile.is_tarfile(path):
+            opener, names = tarfile.open, lambda a: a.getnames()
+        else:
+            continue
+        with opener(path) as archive:
+            root = _archive_root(names(archive), marker)
+            if root is None:
+                continue
+            if tmp_parent is not None:
+                os.makedirs(tmp_parent, exist_ok=True)
+            tmp_dir = tempfile.mkdtemp(prefix="msml_extract_", dir=tmp_parent)
+            logging.info("extracting %s into %s", path, tmp_dir)
+            try:
+                if isinstance(archive, zipfile.ZipFile):
+                    archive.extractall(tmp_dir)
+                else:
+                    archive.extractall(tmp_dir, filter="data")
+            except BaseException as e:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                if isinstance(e, (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError)):
+                    raise UserError(f"cannot extract {path} ({e}): download the archive again") from e
+                raise
+        return os.path.join(tmp_dir, root), tmp_dir
+    raise UserError(f"found no {marker!r} in {manual_dir}, neither extracted nor in an archive there.\n{instructions}")
+
+
+class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the re-id builders: manual-dir lookup, image checks, clean failure.
+
+    Subclasses set RELEASE_MARKER (a relative path that identifies the release root), ARCHIVE_NAMES (official
+    archive names), MANUAL_DOWNLOAD_INSTRUCTIONS, EXTRA_FEATURES, IMAGE_ENCODING, HOMEPAGE, CITATION, VERSION,
+    and implement `_release_splits(root) -> {split name: iterator of (key, example)}`.
+
+    Args (besides tfds's): skip_corrupt: skip (and list in `self.skipped`) the images that do not decode instead
+    of raising UserError naming the first one (`config.data.skip_corrupt`).
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_MARKER = None
+    ARCHIVE_NAMES = ()
+    EXTRA_FEATURES = {}
+    IMAGE_ENCODING = "jpeg"
+    HOMEPAGE = None
+    CITATION = None
+
+    def __init__(self, *, skip_corrupt=False, **kwargs):
+        self.skip_corrupt = bool(skip_corrupt)
+        self.skipped = []  # the images skipped as corrupt
+        self._tmp_dirs = []
+        super().__init__(**kwargs)
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=person_features(self.IMAGE_ENCODING, **self.EXTRA_FEATURES),
+            supervised_keys=None,
+            homepage=self.HOMEPAGE,
+            citation=self.CITATION,
+        )
+
+    def manual_dir(self, dl_manager):
+        try:
+            manual_dir = dl_manager.manual_dir
+        except AssertionError:  # tfds's own check of a missing or empty folder; we say what to put there
+            manual_dir = dl_manager._manual_dir
+        return os.fspath(manual_dir) if manual_dir else None
+
+    def find_release(self, dl_manager, marker=None, archives=None):
+        """The on-disk root of the release part holding `marker` (default RELEASE_MARKER)."""
+        root, tmp_dir = find_release(
+            self.manual_dir(dl_manager), marker or self.RELEASE_MARKER,
+            self.ARCHIVE_NAMES if archives is None else archives, self.MANUAL_DOWNLOAD_INSTRUCTIONS,
+            tmp_parent=os.path.join(os.fspath(self.data_dir_root), "downloads", "extracted"))
+        if tmp_dir is not None:
+            self._tmp_dirs.append(tmp_dir)
+        return root
+
+    def missing_release_error(self, root):
+        return UserError(f"{root} is not a complete {self.name} release (no {self.RELEASE_MARKER}).\n"
+                         f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(examples)
+                for split, examples in self._release_splits(self.find_release(dl_manager)).items()}
+
+    def _generate_examples(self, examples):
+        """(key, example) pairs of one split, from the iterator `_release_splits` made for it."""
+        yield from examples
+
+    def read_checked(self, path, name=None):
+        """(bytes, uint8 [H, W, 3]) of the image at `path`, or None when it is corrupt and skip_corrupt is set."""
+        name = name or path
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read image {name} ({e}): re-extract the release") from e
+        try:
+            return data, decode_image(data, name)
+        except CorruptImageError as e:
+            if not self.skip_corrupt:
+                raise UserError(f"{e}; replace the file or set config.data.skip_corrupt=True to skip it") from e
+            if name not in self.skipped:  # a file read by two splits is one skipped file
+                logging.warning("skipping %s", e)
+                self.skipped.append(name)
+            return None
+
+    def examples(self, items, root):
+        """(key, example) for `items` of (image path, pid, camid, extras dict); corrupt images per skip_corrupt."""
+        for path, pid, camid, extras in items:
+            rel = os.path.relpath(path, root)
+            checked = self.read_checked(path, rel)
+            if checked is None:
+                continue
+            yield rel, {"image": checked[0], "pid": pid, "camid": camid, "file_name": rel, **extras}
+
+    def download_and_prepare(self, *args, **kwargs):
+        root = os.fspath(self.data_dir_root)
+        # The folders a build may create: <name>/[<config>/]<version> and downloads/.
+        candidates = [os.path.join(root, self.name), os.fspath(self.data_dir), os.path.join(root, "downloads")]
+        if self.builder_config is not None:
+            candidates.append(os.path.join(root, self.name, self.builder_config.name))
+        created = [p for p in candidates if not os.path.exists(p)]
+        try:
+            return super().download_and_prepare(*args, **kwargs)
+        except BaseException:
+            # tfds removes its .incomplete folder; also drop the folders this build created, so a failed build
+            # leaves data_dir as it found it.
+            for path in created:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        finally:
+            for tmp_dir in self._tmp_dirs:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+            self._tmp_dirs = []
+
+
+def prepare(name, data_dir, manual_dir, skip_corrupt=False, config=None):
+    """Builds dataset `name` (a registered builder) from `manual_dir` into `data_dir`; returns the builder.
+
+    Raises UserError for a missing or broken release; a failed build leaves `data_dir` as it was.
+    """
+    if name not in tfds.list_builders():
+        raise UserError(f"unknown dataset {name!r}: registered builders are {sorted(tfds.list_builders())}")
+    kwargs = {"config": config} if config else {}
+    builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt, **kwargs)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder

@@ -1,0 +1,140 @@
+"""VIPeR (Gray, Brennan, Tao 2007): 632 identities, one image each in two cameras.
+
+Release layout (`VIPeR.v1.0.zip` or its extracted `VIPeR/` folder):
+
+    cam_a/NNN_ANGLE.bmp   NNN = identity (000..873, 632 of them), ANGLE = viewpoint in degrees
+    cam_b/NNN_ANGLE.bmp   the same NNN is the same person
+
+Splits: `cam_a` and `cam_b` (every image, camid 0 and 1), and `train` / `query` / `gallery`
+of trial 0 of the standard protocol. Protocol (`trial_split`): the 632 identities are split
+at random into 316 for training (both cameras' images) and 316 for testing, cam_a images
+as queries against the cam_b images as gallery (single-shot, 316-way ranking); trials
+0..9 are the ten random splits, fixed by `np.random.default_rng([PROTOCOL_SEED, trial])`.
+"""
+
+import os
+import re
+
+import numpy as np
+
+import tensorflow_datasets as tfds
+from absl import logging
+
+from msml_jax.data.builders import common
+from msml_jax.errors import UserError
+
+NAME_PATTERN = re.compile(r"^(\d{3})_(\d{1,3})\.bmp$", re.IGNORECASE)
+NUM_TRIALS = 10
+PROTOCOL_SEED = 632
+
+
+def trial_split(pids, trial):
+    """(train pids, test pids) of protocol trial `trial`: a random half of the identities each.
+
+    Args:
+      pids: int [N] identities of the dataset (any order, repeats allowed).
+      trial: 0..NUM_TRIALS-1.
+    """
+    if not 0 <= int(trial) < NUM_TRIALS:
+        raise UserError(f"config.data.trial={trial} is not a VIPeR/PRID trial: use 0..{NUM_TRIALS - 1}")
+    identities = np.unique(pids)
+    order = np.random.default_rng([PROTOCOL_SEED, int(trial)]).permutation(len(identities))
+    half = len(identities) // 2
+    return np.sort(identities[order[:half]]), np.sort(identities[order[half:]])
+
+
+def protocol_splits(read, trial):
+    """{"train", "query", "gallery"} of protocol trial `trial`, each a dict of numpy arrays.
+
+    `read(split name)` returns a prepared split of this builder as a dict of arrays.
+    Train: both cameras' images of the 316 training identities; query: cam_a images of
+    the 316 test identities; gallery: their cam_b images.
+    """
+    cams = {c: read(c) for c in ("cam_a", "cam_b")}
+    train_ids, test_ids = trial_split(cams["cam_a"]["pids"], trial)
+
+    def take(split, ids):
+        keep = np.isin(split["pids"], ids)
+        return {k: v[keep] for k, v in split.items()}
+
+    a, b = take(cams["cam_a"], train_ids), take(cams["cam_b"], train_ids)
+    train = {k: np.concatenate([a[k], b[k]]) for k in a}
+    return {"train": train, "query": take(cams["cam_a"], test_ids), "gallery": take(cams["cam_b"], test_ids)}
+
+
+def trim_bmp(data):
+    """BMP bytes without the padding some writers (VIPeR's included) leave after the pixel rows.
+
+    TF's BMP decoder insists on exactly header + rows (VIPeR's files carry 2 bytes more).
+    """
+    if data[:2] != b"BM" or len(data) < 54:
+        return data
+    offset = int.from_bytes(data[10:14], "little")
+    width, height = (int.from_bytes(data[o : o + 4], "little", signed=True) for o in (18, 22))
+    bits = int.from_bytes(data[28:30], "little")
+    end = offset + (width * bits + 31) // 32 * 4 * abs(height)
+    return data[:end] if len(data) > end else data
+
+
+class Viper(common.ReidBuilder):
+    """VIPeR: 632 pedestrians seen by two outdoor cameras, one image each (48x128)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    RELEASE_MARKER = "cam_a"
+    ARCHIVE_NAMES = ("VIPeR.v1.0.zip", "VIPeR.zip")
+    EXTRA_FEATURES = {"angle": np.int64}
+    IMAGE_ENCODING = "png"  # the release's BMPs are stored losslessly as PNG
+    HOMEPAGE = "https://vision.soe.ucsc.edu/node/178"
+    CITATION = """@inproceedings{gray2007evaluating,
+  title={Evaluating appearance models for recognition, reacquisition, and tracking},
+  author={Gray, Douglas and Brennan, Shane and Tao, Hai}, booktitle={PETS}, year={2007}}"""
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Download VIPeR.v1.0.zip from the VIPeR page (https://vision.soe.ucsc.edu/node/178, mirrored by several
+    re-ID repositories) and place the zip, or its extracted VIPeR/ folder holding cam_a/ and cam_b/,
+    in the manual directory (config.data.manual_dir; TFDS's default is <data_dir>/downloads/manual).
+    """
+
+    def _release_splits(self, root):
+        cams = {camera: self._items(root, camera, camid) for camid, camera in enumerate(("cam_a", "cam_b"))}
+        train_ids, test_ids = (set(ids.tolist()) for ids in trial_split([it[1] for it in cams["cam_a"]], 0))
+        return {
+            "cam_a": self.examples(cams["cam_a"], root),
+            "cam_b": self.examples(cams["cam_b"], root),
+            "train": self.examples([it for c in cams.values() for it in c if it[1] in train_ids], root),
+            "query": self.examples([it for it in cams["cam_a"] if it[1] in test_ids], root),
+            "gallery": self.examples([it for it in cams["cam_b"] if it[1] in test_ids], root),
+        }
+
+    def _items(self, root, camera, camid):
+        """[(path, pid, camid, {"angle"})] of one camera folder; UserError on a file name that does not parse."""
+        folder = os.path.join(root, camera)
+        paths = common.list_images(folder) if os.path.isdir(folder) else []
+        if not paths:
+            raise self.missing_release_error(root)
+        items = []
+        for path in paths:
+            match = NAME_PATTERN.match(os.path.basename(path))
+            if match is None:
+                raise common.file_name_error(path, "VIPeR's NNN_ANGLE.bmp, e.g. cam_a/000_45.bmp")
+            items.append((path, int(match.group(1)), camid, {"angle": int(match.group(2))}))
+        return items
+
+    def read_checked(self, path, name=None):
+        """(uint8 [H, W, 3], same) of the BMP at `path` (stored as PNG), or None when corrupt and skipped."""
+        name = name or path
+        try:
+            with open(path, "rb") as f:
+                data = trim_bmp(f.read())
+        except OSError as e:
+            raise UserError(f"cannot read image {name} ({e}): re-extract the release") from e
+        try:
+            image = common.decode_image(data, name)
+        except common.CorruptImageError as e:
+            if not self.skip_corrupt:
+                raise UserError(f"{e}; replace the file or set config.data.skip_corrupt=True to skip it") from e
+            if name not in self.skipped:  # a file read by two splits is one skipped file
+                logging.warning("skipping %s", e)
+                self.skipped.append(name)
+            return None
+        return image, image
