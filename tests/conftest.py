@@ -2,8 +2,15 @@
 
 import importlib.util
 import os
+import tempfile
 
 import pytest
+
+# One persistent XLA compilation cache for the session, inherited by the train.py subprocesses the tests start:
+# the resume, multi-device and multi-process tests compile the same tiny programs again in every process.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="msml-test-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SYNTHETIC = dict(num_train_ids=12, num_test_ids=6, num_distractors=3, num_cameras=3, image_size=(32, 16))

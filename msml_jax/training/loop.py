@@ -225,14 +225,16 @@ def train_and_evaluate(config, workdir):
 
     sampler = PKSampler(train["pids"], config.P, config.K, config.seed)
     per_epoch = steps_per_epoch(len(sampler.identities), config)
+    # A bad weights file is a user mistake too: load it before anything is written.
+    variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
+    variables = load_pretrained(variables, config.model)
     os.makedirs(workdir, exist_ok=True)
     manager = checkpoint.checkpoint_manager(workdir, config.max_checkpoints)
     best = checkpoint.best_checkpoint_manager(workdir)
     start_step = manager.latest_step() or 0
     # Image size and every augmentation field of config.data (flip, shift, zoom, blur, erasing).
     dataset = train_dataset_from_config(train, sampler, config.data, start_step, config.num_train_steps)
-    variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
-    state = parallel.replicate(steps.create_train_state(model, config, load_pretrained(variables, config.model)), mesh)
+    state = parallel.replicate(steps.create_train_state(model, config, variables), mesh)
     if start_step:
         state, _ = checkpoint.restore(manager, state)
         if is_main:
