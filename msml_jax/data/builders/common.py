@@ -194,12 +194,16 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """(key, example) pairs of one split, from the iterator `_release_splits` made for it."""
         yield from examples
 
+    def read_bytes(self, path):
+        """The file's bytes as the decoder should see them (a release with quirks overrides this)."""
+        with open(path, "rb") as f:
+            return f.read()
+
     def read_checked(self, path, name=None):
         """(bytes, uint8 [H, W, 3]) of the image at `path`, or None when it is corrupt and skip_corrupt is set."""
         name = name or path
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = self.read_bytes(path)
         except OSError as e:
             raise UserError(f"cannot read image {name} ({e}): re-extract the release") from e
         try:

@@ -18,7 +18,6 @@ import re
 import numpy as np
 
 import tensorflow_datasets as tfds
-from absl import logging
 
 from msml_jax.data.builders import common
 from msml_jax.errors import UserError
@@ -120,21 +119,10 @@ class Viper(common.ReidBuilder):
             items.append((path, int(match.group(1)), camid, {"angle": int(match.group(2))}))
         return items
 
+    def read_bytes(self, path):
+        return trim_bmp(super().read_bytes(path))
+
     def read_checked(self, path, name=None):
         """(uint8 [H, W, 3], same) of the BMP at `path` (stored as PNG), or None when corrupt and skipped."""
-        name = name or path
-        try:
-            with open(path, "rb") as f:
-                data = trim_bmp(f.read())
-        except OSError as e:
-            raise UserError(f"cannot read image {name} ({e}): re-extract the release") from e
-        try:
-            image = common.decode_image(data, name)
-        except common.CorruptImageError as e:
-            if not self.skip_corrupt:
-                raise UserError(f"{e}; replace the file or set config.data.skip_corrupt=True to skip it") from e
-            if name not in self.skipped:  # a file read by two splits is one skipped file
-                logging.warning("skipping %s", e)
-                self.skipped.append(name)
-            return None
-        return image, image
+        checked = super().read_checked(path, name)
+        return None if checked is None else (checked[1], checked[1])
