@@ -194,6 +194,23 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """(key, example) pairs of one split, from the iterator `_release_splits` made for it."""
         yield from examples
 
+    def parse_folder(self, root, folder, pattern, expected):
+        """[(path, re.Match)] of the images in `folder`, names matched by `pattern`.
+
+        A missing or empty folder is an incomplete release; a name that does not match raises the
+        file-name error naming it and `expected` (an example of a good name).
+        """
+        paths = list_images(folder) if os.path.isdir(folder) else []
+        if not paths:
+            raise self.missing_release_error(root)
+        parsed = []
+        for path in paths:
+            match = pattern.match(os.path.basename(path))
+            if match is None:
+                raise file_name_error(path, expected)
+            parsed.append((path, match))
+        return parsed
+
     def read_bytes(self, path):
         """The file's bytes as the decoder should see them (a release with quirks overrides this)."""
         with open(path, "rb") as f:

@@ -86,15 +86,9 @@ class Prid2011(common.ReidBuilder):
 
     def _items(self, root, camera, camid):
         """[(path, pid, camid, {})] of single_shot/<camera>; UserError on a file name that does not parse."""
-        folder = os.path.join(root, "single_shot", camera)
-        paths = common.list_images(folder) if os.path.isdir(folder) else []
-        if not paths:
-            raise self.missing_release_error(root)
+        expected = "PRID 2011's person_NNNN.png, e.g. single_shot/cam_a/person_0001.png"
         items = []
-        for path in paths:
-            match = NAME_PATTERN.match(os.path.basename(path))
-            if match is None:
-                raise common.file_name_error(path, "PRID 2011's person_NNNN.png, e.g. single_shot/cam_a/person_0001.png")
+        for path, match in self.parse_folder(root, os.path.join(root, "single_shot", camera), NAME_PATTERN, expected):
             number = int(match.group(1))
             pid = number if camera == "cam_a" or number <= NUM_SHARED else CAM_B_OFFSET + number
             items.append((path, pid, camid, {}))

@@ -107,17 +107,10 @@ class Viper(common.ReidBuilder):
 
     def _items(self, root, camera, camid):
         """[(path, pid, camid, {"angle"})] of one camera folder; UserError on a file name that does not parse."""
-        folder = os.path.join(root, camera)
-        paths = common.list_images(folder) if os.path.isdir(folder) else []
-        if not paths:
-            raise self.missing_release_error(root)
-        items = []
-        for path in paths:
-            match = NAME_PATTERN.match(os.path.basename(path))
-            if match is None:
-                raise common.file_name_error(path, "VIPeR's NNN_ANGLE.bmp, e.g. cam_a/000_45.bmp")
-            items.append((path, int(match.group(1)), camid, {"angle": int(match.group(2))}))
-        return items
+        parsed = self.parse_folder(
+            root, os.path.join(root, camera), NAME_PATTERN, "VIPeR's NNN_ANGLE.bmp, e.g. cam_a/000_45.bmp"
+        )
+        return [(path, int(m.group(1)), camid, {"angle": int(m.group(2))}) for path, m in parsed]
 
     def read_bytes(self, path):
         return trim_bmp(super().read_bytes(path))
