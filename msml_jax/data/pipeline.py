@@ -8,6 +8,10 @@ The training batch of global step s is a pure function of (seed, s): the PK
 indices come from `PKSampler` and every random augmentation draws from stateless
 TF ops seeded by (seed, s). Starting the pipeline at `start_step` therefore
 reproduces exactly what an uninterrupted run would have seen.
+
+With several processes each one builds only its own rows of every global batch
+(`rows`): it decodes and augments those images alone, and they come out exactly
+as the same rows of the whole batch would.
 """
 
 import dataclasses
@@ -18,7 +22,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 import tensorflow as tf  # noqa: E402
 
-from msml_jax.data.augment import Augmentation, augment  # noqa: E402,F401  (augment: part of this API)
+from msml_jax.data.augment import Augmentation, Rows, augment  # noqa: E402,F401  (augment: part of this API)
 
 # TensorFlow only feeds data: keep it off any accelerator JAX will use.
 tf.config.set_visible_devices([], "GPU")
@@ -55,7 +59,7 @@ def _to_uint8(images):
 
 
 def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True, shift=0.0, num_threads=None,
-                  **augmentation):
+                  rows=None, **augmentation):
     """PK batches of global steps [start_step, end_step): decode, resize, augment.
 
     Args:
@@ -65,11 +69,15 @@ def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True
       flip, shift, **augmentation: the `augment.Augmentation` fields (zoom, blur_prob,
         blur_sigma, erase_prob, erase_area, erase_aspect); all off but flip by default.
       num_threads: size of the pipeline's private thread pool (None: TF's default, all cores).
+      rows: a python slice of the P*K rows of each global batch to produce (this process's
+        share); None: all of them.
     Returns:
-      tf.data.Dataset of dicts with `images` uint8 [P*K, h, w, 3], `labels` int32
-      [P*K] (index of the pid in `sampler.identities`), `step` int64.
+      tf.data.Dataset of dicts with `images` uint8 [b, h, w, 3], `labels` int32 [b]
+      (index of the pid in `sampler.identities`), `step` int64; b = P*K, or the rows' count.
     """
     P, K, seed = sampler.P, sampler.K, sampler.seed
+    start, stop, _ = (rows or slice(0, P * K)).indices(P * K)
+    part = Rows(start, stop, P * K)
     labels = tf.constant(np.searchsorted(sampler.identities, split["pids"]).astype(np.int32))
     load = _image_source(split["images"])
     size = tuple(image_size)
@@ -77,9 +85,9 @@ def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops: nothing for AutoGraph to convert
     def make_batch(step):
-        indices = tf.numpy_function(sampler.batch_indices, [step], tf.int64, stateful=False)
-        indices.set_shape([P * K])
-        images = augment(load(indices, size), tf.stack([tf.constant(seed, tf.int64), step]), augmentation)
+        indices = tf.numpy_function(lambda s: sampler.batch_indices(s)[start:stop], [step], tf.int64, stateful=False)
+        indices.set_shape([stop - start])
+        images = augment(load(indices, size), tf.stack([tf.constant(seed, tf.int64), step]), augmentation, part)
         return {"images": _to_uint8(images), "labels": tf.gather(labels, indices), "step": step}
 
     ds = tf.data.Dataset.range(start_step, end_step)
@@ -91,7 +99,7 @@ def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True
     return ds.prefetch(2)
 
 
-def train_dataset_from_config(split, sampler, data_config, start_step, end_step):
+def train_dataset_from_config(split, sampler, data_config, start_step, end_step, rows=None):
     """`train_dataset` with the image size and augmentation fields of `config.data`.
 
     Reads `image_size`, the `Augmentation` fields present (flip, shift, zoom, blur_prob,
@@ -100,7 +108,7 @@ def train_dataset_from_config(split, sampler, data_config, start_step, end_step)
     augmentation = dataclasses.asdict(Augmentation.from_config(data_config))
     return train_dataset(
         split, sampler, start_step=start_step, end_step=end_step, image_size=tuple(data_config.image_size),
-        num_threads=data_config.get("num_threads"), **augmentation,
+        num_threads=data_config.get("num_threads"), rows=rows, **augmentation,
     )
 
 

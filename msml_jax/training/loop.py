@@ -232,8 +232,10 @@ def train_and_evaluate(config, workdir):
     manager = checkpoint.checkpoint_manager(workdir, config.max_checkpoints)
     best = checkpoint.best_checkpoint_manager(workdir)
     start_step = manager.latest_step() or 0
-    # Image size and every augmentation field of config.data (flip, shift, zoom, blur, erasing).
-    dataset = train_dataset_from_config(train, sampler, config.data, start_step, config.num_train_steps)
+    # Image size and every augmentation field of config.data (flip, shift, zoom, blur, erasing); this process
+    # decodes and augments only its own rows of each global batch.
+    rows = parallel.local_rows(config.batch_size, mesh)
+    dataset = train_dataset_from_config(train, sampler, config.data, start_step, config.num_train_steps, rows)
     state = parallel.replicate(steps.create_train_state(model, config, variables), mesh)
     if start_step:
         state, _ = checkpoint.restore(manager, state)
@@ -244,7 +246,6 @@ def train_and_evaluate(config, workdir):
     embed_fn = _embed_fn(model)
     variables = lambda: {"params": state.params, "batch_stats": state.batch_stats}  # noqa: E731
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
-    rows = parallel.local_rows(config.batch_size, mesh)
     eval_every = config.get("eval_every_steps", 0)
 
     def position(step):
@@ -274,7 +275,7 @@ def train_and_evaluate(config, workdir):
     try:
         with _StopSignal() as stop:
             for batch in dataset.as_numpy_iterator():
-                local = {"images": batch["images"][rows], "labels": batch["labels"][rows]}
+                local = {"images": batch["images"], "labels": batch["labels"]}
                 inputs = parallel.global_batch(local, config.batch_size, mesh)
                 state, metrics = train_step(state, inputs["images"], inputs["labels"])
                 step = int(batch["step"]) + 1

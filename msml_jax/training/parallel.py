@@ -50,8 +50,12 @@ def initialize_distributed(coordinator_address="", num_processes=0, process_id=-
 
 
 def make_mesh(devices=None):
-    """A 1-D mesh with axis "data" over `devices` (default: all devices of all processes)."""
+    """A 1-D mesh with axis "data" over `devices` (default: all devices of all processes).
+
+    The devices are ordered by process, so each process's share of a batch is one contiguous block of rows.
+    """
     devices = jax.devices() if devices is None else list(devices)
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
@@ -83,6 +87,9 @@ def local_rows(batch_size, mesh):
     indices = sharding.addressable_devices_indices_map((batch_size,))
     starts = sorted(index[0].start or 0 for index in indices.values())
     stops = sorted(batch_size if index[0].stop is None else index[0].stop for index in indices.values())
+    if starts[1:] != stops[:-1]:
+        raise RuntimeError(f"this process's rows {list(zip(starts, stops))} are not contiguous: build the mesh "
+                           f"with make_mesh, which orders the devices by process")
     return slice(starts[0], stops[-1])
 
 
