@@ -299,6 +299,7 @@ def train_and_evaluate(config, workdir):
                 progress.update(step, loss, rate)
                 if eval_every and step % eval_every == 0 and step < config.num_train_steps:
                     run_evaluation(step)
+                    tick, tick_step = time.perf_counter(), step  # images/s counts training time only
                 preempted = stop.should_stop(step)
                 if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or preempted:
                     checkpoint.save(manager, state, config, position(step), force=preempted)
