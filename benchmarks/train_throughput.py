@@ -12,7 +12,6 @@ Prints one row per (backbone, size, dtype).
 
 import argparse
 import functools
-import importlib.util
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run as a script from anywhere
 
+from msml_jax.config_files import load_config  # noqa: E402
 from msml_jax.models import get_model  # noqa: E402
 from msml_jax.training import steps  # noqa: E402
 
@@ -39,10 +39,7 @@ PEAKS = {
 
 def base_config():
     """configs/synthetic.py's loss / optimizer settings (MSML + classification, Adam), loaded without TensorFlow."""
-    spec = importlib.util.spec_from_file_location("synthetic", os.path.join(ROOT, "configs", "synthetic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(os.path.join(ROOT, "configs", "synthetic.py"))
     config.loss = "msml"
     config.learning_rate = 1e-3
     return config

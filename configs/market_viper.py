@@ -7,19 +7,11 @@ manual_dir holds both releases (Market-1501-v15.09.15.zip or its folder, and VIP
 each builder finds its own. Identities are relabelled disjointly across the two training sets.
 """
 
-import importlib.util
-import os
-
-
-def _viper():
-    spec = importlib.util.spec_from_file_location("viper", os.path.join(os.path.dirname(__file__), "viper.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from msml_jax.config_files import sibling_config
 
 
 def get_config():
-    config = _viper()
+    config = sibling_config(__file__, "viper")
     config.data.name = "market1501"  # named in messages; the datasets are config.data.train
     config.data.train = ("market1501", "viper")
     config.P, config.K, config.batch_size = 16, 4, 64

@@ -18,8 +18,7 @@ identity counts of the releases (TRAIN_IDS). Steps per epoch at P = 32:
     cuhk_sysu   5532 ids -> 172     all       8275 ids -> 258
 """
 
-import importlib.util
-import os
+from msml_jax.config_files import sibling_config
 
 DATASETS = ("market1501", "mars", "cuhk03", "cuhk_sysu", "all")
 BACKBONES = ("resnet50", "inception_v2", "resnet50x")
@@ -27,13 +26,6 @@ LOSSES = ("cls", "triplet", "quadruplet", "trihard", "msml")
 # Training identities of each release under the paper's protocol (CUHK03: 1,467 minus the 100 test ids).
 TRAIN_IDS = {"market1501": 751, "mars": 625, "cuhk03": 1367, "cuhk_sysu": 5532}
 EPOCHS = (50, 150, 50)  # at 1e-3, 1e-4, 1e-5
-
-
-def _base():
-    spec = importlib.util.spec_from_file_location("synthetic", os.path.join(os.path.dirname(__file__), "synthetic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def _parse(arg):
@@ -50,7 +42,7 @@ def _parse(arg):
 
 def get_config(arg=None):
     dataset, backbone, loss = _parse(arg)
-    config = _base()
+    config = sibling_config(__file__, "synthetic")
     train = tuple(TRAIN_IDS) if dataset == "all" else (dataset,)
 
     config.data.name = train[0]  # named in messages; the datasets are config.data.train

@@ -7,19 +7,11 @@ The first run builds the TFDS dataset from the release in manual_dir (the VIPeR.
 folder); later runs read data_dir only. The paper's augmentation: flip, shift, zoom, blur.
 """
 
-import importlib.util
-import os
-
-
-def _base():
-    spec = importlib.util.spec_from_file_location("synthetic", os.path.join(os.path.dirname(__file__), "synthetic.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from msml_jax.config_files import sibling_config
 
 
 def get_config():
-    config = _base()
+    config = sibling_config(__file__, "synthetic")
     config.data.name = "viper"
     config.data.image_size = (128, 64)
     config.data.shift = 0.1

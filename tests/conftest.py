@@ -1,10 +1,11 @@
 """Shared fixtures: a tiny synthetic benchmark and a tiny run config, built once per session."""
 
-import importlib.util
 import os
 import tempfile
 
 import pytest
+
+from msml_jax import config_files
 
 # One persistent XLA compilation cache for the session, inherited by the train.py subprocesses the tests start:
 # the resume, multi-device and multi-process tests compile the same tiny programs again in every process.
@@ -16,11 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SYNTHETIC = dict(num_train_ids=12, num_test_ids=6, num_distractors=3, num_cameras=3, image_size=(32, 16))
 
 
-def load_config(name="synthetic"):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+def load_config(name="synthetic", arg=None):
+    """configs/`name`.py's config (with `arg`: get_config(arg))."""
+    return config_files.load_config(os.path.join(ROOT, "configs", f"{name}.py"), arg)
 
 
 @pytest.fixture(scope="session")

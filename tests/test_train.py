@@ -12,7 +12,7 @@ from msml_jax.errors import UserError
 from msml_jax.training import checkpoint
 from msml_jax.training.loop import evaluate_checkpoint, train_and_evaluate
 from msml_jax.training.validate import validate_config
-from tests.conftest import ROOT, make_tiny_config
+from tests.conftest import ROOT, load_config, make_tiny_config
 
 EVAL_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
@@ -145,12 +145,7 @@ PAPER_GRID = [
 
 
 def _paper_config(arg):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("paper", os.path.join(ROOT, "configs", "paper.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config("paper", arg)
 
 
 def test_every_point_of_the_paper_grid_builds_and_validates():
