@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from msml_jax.data import builders
@@ -57,3 +58,19 @@ def test_missing_release_gives_the_instructions(tmp_path, case):
     with pytest.raises(UserError, match=r"VIPeR\.v1\.0\.zip"):
         builders.load("viper", str(tmp_path / "data"), manual_dir=str(manual))
     assert listing(str(tmp_path / "data")) == []
+
+
+def test_a_damaged_or_foreign_mat_file_is_named_with_the_fix(tmp_path):
+    import scipy.io
+
+    from msml_jax.data.builders.common import load_mat
+
+    good = str(tmp_path / "query_IDX.mat")
+    scipy.io.savemat(good, {"query_IDX": np.arange(1, 4)[None]})
+    np.testing.assert_array_equal(load_mat(good, "query_IDX", "fix it").ravel(), [1, 2, 3])
+    with pytest.raises(UserError, match=r"query_IDX.mat has no variable 'track_train_info': fix it"):
+        load_mat(good, "track_train_info", "fix it")
+    damaged = tmp_path / "tracks_train_info.mat"
+    damaged.write_bytes(b"MATLAB 5.0 MAT-file, truncated")
+    with pytest.raises(UserError, match=r"cannot read .*tracks_train_info.mat .*: fix it"):
+        load_mat(str(damaged), "track_train_info", "fix it")

@@ -51,6 +51,22 @@ def file_name_error(path, expected):
     return UserError(f"file name {path} does not parse: expected {expected}; rename or remove that file")
 
 
+def load_mat(path, key, how_to_fix):
+    """Variable `key` of the MATLAB (v5 / v7) file `path` as a numpy array.
+
+    A damaged file or a missing variable is a UserError naming the file and ending with `how_to_fix`.
+    """
+    import scipy.io
+
+    try:
+        value = scipy.io.loadmat(path).get(key)
+    except Exception as e:  # scipy raises several types for a damaged file
+        raise UserError(f"cannot read {path} ({e}): {how_to_fix}") from e
+    if value is None:
+        raise UserError(f"{path} has no variable {key!r}: {how_to_fix}")
+    return np.asarray(value)
+
+
 class CorruptImageError(UserError):
     """An image in the release that does not decode."""
 

@@ -59,15 +59,9 @@ def _records(struct):
 
 
 def _loadmat(path, key):
-    import scipy.io
-
-    try:
-        value = scipy.io.loadmat(path).get(key)
-    except Exception as e:  # scipy raises several types for a damaged file
-        raise UserError(f"cannot read {path} ({e}): extract the CUHK-SYSU release again") from e
-    if value is None:
-        raise UserError(f"{path} has no {key!r}: it is not CUHK-SYSU's {os.path.basename(path)}")
-    return value
+    return common.load_mat(
+        path, key, f"it is not CUHK-SYSU's {os.path.basename(path)}: extract the CUHK-SYSU release again"
+    )
 
 
 def _pid(idname, where):

@@ -38,15 +38,7 @@ def parse_name(name):
 
 
 def _load_mat(path, key):
-    import scipy.io
-
-    try:
-        value = scipy.io.loadmat(path).get(key)
-    except Exception as e:  # scipy raises several types for a damaged file
-        raise UserError(f"cannot read {path} ({e}): download MARS's info/ files again") from e
-    if value is None:
-        raise UserError(f"{path} has no {key!r}: it is not MARS's {os.path.basename(path)}")
-    return np.asarray(value)
+    return common.load_mat(path, key, f"it is not MARS's {os.path.basename(path)}: download MARS's info/ files again")
 
 
 def _read_names(path):
