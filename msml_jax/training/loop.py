@@ -4,6 +4,7 @@ Each process of a run executes this same code; process 0 alone writes metrics, T
 while every process takes part in checkpoints (Orbax coordinates them) and in the jitted computations.
 """
 
+import collections
 import functools
 import json
 import math
@@ -147,11 +148,12 @@ class _StopSignal:
 
 
 class _Progress:
-    """A tqdm bar per epoch (process 0 only): step, loss, images/s and the run's ETA."""
+    """A tqdm bar per epoch (process 0 only): step, loss, images/s over the last 20 steps, and the run's ETA."""
 
     def __init__(self, start_step, num_steps, per_epoch, batch_size, enabled):
         self.num_steps, self.per_epoch, self.batch_size, self.enabled = num_steps, per_epoch, batch_size, enabled
-        self.bar, self.loss, self.rate = None, float("nan"), None
+        self.bar, self.loss = None, float("nan")
+        self.recent = collections.deque(maxlen=21)  # (time, step) at the end of the last steps
         self._open(start_step)
 
     def _open(self, step):
@@ -165,17 +167,21 @@ class _Progress:
             dynamic_ncols=True, mininterval=0.5,
         )
 
-    def update(self, step, loss=None, images_per_sec=None):
+    def pause(self):
+        """Forgets the step times: what comes next (an evaluation) is not training time."""
+        self.recent.clear()
+
+    def update(self, step, loss):
         if not self.enabled:
             return
-        if loss is not None:
-            self.loss = loss
-        if images_per_sec:
-            self.rate = images_per_sec
+        self.loss = loss
+        self.recent.append((time.perf_counter(), step))
         postfix = {"step": step, "loss": f"{self.loss:.3f}"}
-        if self.rate:
-            eta = (self.num_steps - step) * self.batch_size / self.rate
-            postfix.update(img_s=f"{self.rate:.0f}", eta=time.strftime("%H:%M:%S", time.gmtime(eta)))
+        (t0, s0), (t1, s1) = self.recent[0], self.recent[-1]
+        if s1 > s0 and t1 > t0:  # from the second step on: the first one's time is mostly compiling
+            rate = (s1 - s0) * self.batch_size / (t1 - t0)
+            eta = (self.num_steps - step) * self.batch_size / rate
+            postfix.update(img_s=f"{rate:.0f}", eta=time.strftime("%H:%M:%S", time.gmtime(eta)))
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
         if step % self.per_epoch == 0 or step == self.num_steps:
@@ -285,21 +291,21 @@ def train_and_evaluate(config, workdir):
                 if tick is None:  # the first step compiles: start the clock after it
                     tick, tick_step = time.perf_counter(), step
                 logged = step % config.log_every_steps == 0 or step == config.num_train_steps
-                rate = None
                 if logged:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     now = time.perf_counter()
                     if step > tick_step:
-                        rate = metrics["images_per_sec"] = (step - tick_step) * config.batch_size / (now - tick)
+                        metrics["images_per_sec"] = (step - tick_step) * config.batch_size / (now - tick)
                     tick, tick_step = now, step
                     if is_main:
                         append_metrics(workdir, {"step": step, **metrics})
                         writer.scalars(step, metrics, "train/")
                         writer.flush()
-                progress.update(step, loss, rate)
+                progress.update(step, loss)
                 if eval_every and step % eval_every == 0 and step < config.num_train_steps:
                     run_evaluation(step)
                     tick, tick_step = time.perf_counter(), step  # images/s counts training time only
+                    progress.pause()
                 preempted = stop.should_stop(step)
                 if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or preempted:
                     checkpoint.save(manager, state, config, position(step), force=preempted)
