@@ -41,9 +41,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _train_records(workdir):
+def _records(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if "dataset" not in r]
+        return list(map(json.loads, f))
+
+
+def _train_records(workdir):
+    return [r for r in _records(workdir) if "dataset" not in r]
 
 
 def _final_params(workdir):
@@ -118,3 +122,12 @@ def test_two_processes_end_with_the_one_process_parameters(runs):
     one, two = runs
     for x, y in zip(_final_params(two), _final_params(one)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)  # see test_parallel
+
+
+def test_two_processes_evaluate_as_one(runs):
+    # Each process embeds its half of every evaluation batch; the records (process 0's) are the 1-process ones.
+    one, two = ([r for r in _records(w) if "dataset" in r] for w in runs)
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [0, NUM_STEPS]
+    for a, b in zip(one, two):
+        for key in ("mAP", "rank1", "rank5", "mINP", "num_queries"):
+            np.testing.assert_allclose(b[key], a[key], atol=1e-6, err_msg=f"{key} at step {a['step']}")

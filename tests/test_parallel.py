@@ -1,4 +1,5 @@
-"""Data parallelism: 8 simulated CPU devices train exactly as one (global-batch mining and BatchNorm).
+"""Data parallelism: 8 simulated CPU devices train exactly as one (global-batch mining and BatchNorm), and
+embed an evaluation split as one device does.
 
 The 8-device run needs XLA_FLAGS set before JAX starts, so it runs this file as a script in a subprocess:
 the script trains N steps of the tiny config on a 1-device mesh and on an 8-device mesh (batch of 8, one row per
@@ -21,11 +22,14 @@ from tests.conftest import ROOT
 NUM_STEPS = 3
 
 
-def _trajectory(mesh, config, model, batches):
+def _trajectory(mesh, config, model, batches, gallery):
+    import functools
+
     import jax
 
+    from msml_jax.inference import embed_split
     from msml_jax.training import steps
-    from msml_jax.training.loop import jit_train_step
+    from msml_jax.training.loop import jit_embed_step, jit_train_step
 
     variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
     state = parallel.replicate(steps.create_train_state(model, config, variables), mesh)
@@ -41,7 +45,14 @@ def _trajectory(mesh, config, model, batches):
         losses.append(float(metrics["loss"]))
         mined.append([float(metrics["hardest_pos"]), float(metrics["hardest_neg"])])
     params = jax.tree_util.tree_leaves(jax.device_get({"params": state.params, "stats": state.batch_stats}))
-    return {"loss": losses, "mined": mined, "params": [np.asarray(p, np.float64).ravel().tolist() for p in params]}
+    # The gallery embedded in padded batches of 16 split over the mesh, against the whole gallery at once on the
+    # host's default device with the same (fetched) variables.
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    embedded = embed_split(jit_embed_step(model, mesh), variables, gallery, batch_size=16,
+                           image_size=tuple(config.data.image_size), mesh=mesh)
+    whole = jax.jit(functools.partial(steps.embed_step, model.apply))(jax.device_get(variables), gallery["images"])
+    return {"loss": losses, "mined": mined, "params": [np.asarray(p, np.float64).ravel().tolist() for p in params],
+            "embedding_shape": list(embedded.shape), "embedding_max_diff": float(np.max(np.abs(embedded - whole)))}
 
 
 def _main():
@@ -55,14 +66,17 @@ def _main():
 
     assert jax.device_count() == 8, jax.devices()
     config = make_tiny_config()
-    train, _ = load_datasets(config.data)
+    train, eval_sets = load_datasets(config.data)
+    gallery = eval_sets["synthetic"]["gallery"]
+    assert len(gallery["pids"]) % 16, "the gallery should end in a padded batch"
     model = model_from_config(config, len(np.unique(train["pids"])))
     sampler = PKSampler(train["pids"], config.P, config.K, config.seed)
     dataset = train_dataset(train, sampler, start_step=0, end_step=NUM_STEPS, image_size=config.data.image_size,
                             flip=config.data.flip, shift=config.data.shift)
     batches = [{"images": b["images"], "labels": b["labels"]} for b in dataset.as_numpy_iterator()]
-    one = _trajectory(parallel.make_mesh(jax.devices()[:1]), config, model, batches)
-    eight = _trajectory(parallel.make_mesh(), config, model, batches)
+    one = _trajectory(parallel.make_mesh(jax.devices()[:1]), config, model, batches, gallery)
+    eight = _trajectory(parallel.make_mesh(), config, model, batches, gallery)
+    one["gallery_size"] = len(gallery["pids"])
     print(json.dumps({"one": one, "eight": eight}))
 
 
@@ -85,6 +99,12 @@ def test_eight_devices_train_as_one(trajectories):
     for a, b in zip(eight["params"], one["params"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     assert one["loss"][0] != one["loss"][-1]  # it trained
+
+
+def test_eight_devices_embed_an_evaluation_split_as_one(trajectories):
+    for run in trajectories["one"], trajectories["eight"]:
+        assert run["embedding_shape"] == [trajectories["one"]["gallery_size"], 16]  # padding dropped, in order
+        assert run["embedding_max_diff"] < 1e-5
 
 
 def test_a_batch_that_does_not_split_over_the_devices_is_refused():

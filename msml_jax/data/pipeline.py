@@ -112,18 +112,20 @@ def train_dataset_from_config(split, sampler, data_config, start_step, end_step,
     )
 
 
-def eval_dataset(split, *, batch_size, image_size):
+def eval_dataset(split, *, batch_size, image_size, rows=None):
     """The split in order, in batches of exactly `batch_size` (one compile).
 
     The last batch is padded by repeating image 0; `mask` bool [B] marks real images.
+    `rows`: a python slice of each batch's rows to produce (this process's share); None: all.
     """
     n = len(split["pids"])
     load = _image_source(split["images"])
     size = tuple(image_size)
+    start, stop, _ = (rows or slice(0, batch_size)).indices(batch_size)
 
     @tf.autograph.experimental.do_not_convert
     def make_batch(b):
-        positions = b * batch_size + tf.range(batch_size, dtype=tf.int64)
+        positions = b * batch_size + tf.range(start, stop, dtype=tf.int64)
         mask = positions < n
         indices = tf.where(mask, positions, 0)
         return {"images": _to_uint8(load(indices, size)), "mask": mask}

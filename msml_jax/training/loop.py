@@ -81,9 +81,14 @@ def _setup(config):
     return train, eval_sets, model
 
 
-def evaluate(embed_fn, variables, eval_sets, config, step):
-    """Embeds each evaluation set's query and gallery; returns one record per dataset."""
-    kwargs = dict(batch_size=config.eval_batch_size, image_size=tuple(config.data.image_size))
+def evaluate(embed_fn, variables, eval_sets, config, step, mesh):
+    """Embeds each evaluation set's query and gallery over `mesh`; returns one record per dataset.
+
+    The evaluation batch is config.eval_batch_size rounded up to a multiple of the device count.
+    """
+    devices = mesh.devices.size
+    batch_size = -(-config.eval_batch_size // devices) * devices
+    kwargs = dict(batch_size=batch_size, image_size=tuple(config.data.image_size), mesh=mesh)
     records = []
     for name, sets in eval_sets.items():
         query = embed_split(embed_fn, variables, sets["query"], **kwargs)
@@ -93,8 +98,17 @@ def evaluate(embed_fn, variables, eval_sets, config, step):
     return records
 
 
-def _embed_fn(model):
-    return jax.jit(functools.partial(steps.embed_step, model.apply))
+def jit_embed_step(model, mesh):
+    """`steps.embed_step` jitted over `mesh`: variables replicated, images sharded on "data", embeddings replicated.
+
+    Returns fn(variables, images) -> float32 [B, D], the whole batch's embeddings on every device and process.
+    """
+    repl = parallel.replicated(mesh)
+    return jax.jit(
+        functools.partial(steps.embed_step, model.apply),
+        in_shardings=(repl, parallel.batch_sharding(mesh)),
+        out_shardings=repl,
+    )
 
 
 def jit_train_step(config, mesh):
@@ -249,7 +263,7 @@ def train_and_evaluate(config, workdir):
             _rewind_metrics(workdir, start_step, config.num_train_steps)
             print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)
     train_step = jit_train_step(config, mesh)
-    embed_fn = _embed_fn(model)
+    embed_fn = jit_embed_step(model, mesh)
     variables = lambda: {"params": state.params, "batch_stats": state.batch_stats}  # noqa: E731
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
     eval_every = config.get("eval_every_steps", 0)
@@ -259,7 +273,7 @@ def train_and_evaluate(config, workdir):
                 "steps_per_epoch": int(per_epoch)}
 
     def run_evaluation(step):
-        records = evaluate(embed_fn, variables(), eval_sets, config, step=step)
+        records = evaluate(embed_fn, variables(), eval_sets, config, step, mesh)
         if is_main:
             for record in records:
                 append_metrics(workdir, record)
@@ -335,11 +349,13 @@ def evaluate_checkpoint(config, workdir):
     """Restores the latest checkpoint of `workdir`, evaluates it, appends and returns the records."""
     manager = checkpoint.existing_checkpoint_manager(workdir)
     _, eval_sets, model = _setup(config)
+    mesh = parallel.make_mesh()
     variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
-    state, _ = checkpoint.restore(manager, steps.create_train_state(model, config, variables))
+    state = parallel.replicate(steps.create_train_state(model, config, variables), mesh)
+    state, _ = checkpoint.restore(manager, state)  # onto every device
     manager.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    records = evaluate(_embed_fn(model), variables, eval_sets, config, step=int(state.step))
+    records = evaluate(jit_embed_step(model, mesh), variables, eval_sets, config, int(state.step), mesh)
     if jax.process_index() == 0:
         for record in records:
             append_metrics(workdir, record)
