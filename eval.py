@@ -1,14 +1,36 @@
-"""Evaluates the latest checkpoint of a run: python eval.py --config configs/synthetic.py --workdir runs/demo"""
+"""Evaluates a trained run: python eval.py --workdir runs/demo [--flip] [--checkpoint best] [--dataset market1501]
+
+The run's config comes from its checkpoint; --config (with --config.FIELD=VALUE overrides) may replace it, e.g. to
+point at another data_dir, as long as the fields deciding the network agree. Several workdirs (or globs) evaluate
+each run; ten-split datasets (VIPeR, PRID2011) trained one run per split get a mean ± std row over the splits.
+"""
+
+import glob
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from msml_jax.errors import exit_on_user_error
-from msml_jax.training.loop import evaluate_checkpoint
+from msml_jax.errors import UserError, exit_on_user_error
 
-config_flags.DEFINE_config_file("config", None, "The config the run was trained with.")
-flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/ (written by train.py).")
-flags.mark_flags_as_required(["config", "workdir"])
+config_flags.DEFINE_config_file("config", None, "Optional: a config to evaluate with instead of the checkpoint's.")
+flags.DEFINE_list("workdir", None, "Run directory (or several, comma-separated; globs allowed) written by train.py.")
+flags.DEFINE_list("dataset", None, "Datasets to evaluate (default: the run's config.data.eval).")
+flags.DEFINE_string("protocol", None, "Protocol for the datasets that have it (e.g. classic for cuhk03).")
+flags.DEFINE_boolean("flip", None, "Flip test: average each image's embedding with its mirror's.")
+flags.DEFINE_enum("metric", None, ["euclidean", "cosine"], "Distance to rank with.")
+flags.DEFINE_string("checkpoint", "latest", "latest | best | STEP.")
+flags.DEFINE_string("save_features", None, "Write the embeddings, pids, camids (tracklets, names) to this .npz.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _workdirs(patterns):
+    workdirs = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise UserError(f"--workdir={pattern} matches no directory")
+        workdirs += matches
+    return workdirs
 
 
 def main(argv):
@@ -16,7 +38,19 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     with exit_on_user_error():
-        evaluate_checkpoint(flags.FLAGS.config, flags.FLAGS.workdir)
+        from msml_jax.evaluation.report import format_table, ten_split_summaries
+        from msml_jax.inference import evaluate_run
+
+        FLAGS = flags.FLAGS
+        workdirs = _workdirs(FLAGS.workdir)
+        if FLAGS.save_features and len(workdirs) > 1:
+            raise UserError("--save_features takes one --workdir: evaluate the runs one at a time to save features")
+        records = []
+        for workdir in workdirs:
+            records += evaluate_run(workdir, FLAGS.config, FLAGS.checkpoint, FLAGS.dataset, FLAGS.protocol,
+                                    FLAGS.flip, FLAGS.metric, FLAGS.save_features)
+        if len(workdirs) > 1 and ten_split_summaries(records):
+            print("\nover the runs:\n" + format_table(records), flush=True)
 
 
 if __name__ == "__main__":

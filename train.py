@@ -2,7 +2,7 @@
 
 Restarting the same command on the same workdir continues from the latest checkpoint. On several hosts, run it
 on each with --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or the MSML_* environment variables,
-see msml_jax/training/parallel.py).
+see msml_jax/sharding.py).
 """
 
 import sys
@@ -25,9 +25,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     with exit_on_user_error():
-        from msml_jax.training import parallel
+        from msml_jax import sharding
 
-        parallel.initialize_distributed(
+        sharding.initialize_distributed(
             flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
         )
         from msml_jax.training.loop import PREEMPTED_EXIT_CODE, Preempted, train_and_evaluate

@@ -1,45 +1,188 @@
-"""From a model and its variables to embeddings of a split, and to ranking metrics."""
+"""Using a trained run: restore a checkpoint with the config it holds, evaluate it, save its features.
 
-import jax.numpy as jnp
+`python eval.py --workdir DIR` needs nothing else: the checkpoint holds the run's config (model, input size,
+preprocessing, normalization). A config passed explicitly may change where data lies and how evaluation runs,
+but not the model: fields that decide the network are compared with the checkpoint's and refused when they differ.
+"""
+
+import os
+
+import jax
+import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
-from msml_jax.data.pipeline import eval_dataset
-from msml_jax.evaluation import evaluate_ranking
-from msml_jax.losses import l2_normalize, pairwise_distance
-from msml_jax.training import parallel
+from msml_jax import sharding
+from msml_jax.errors import UserError
+from msml_jax.evaluation.evaluator import EvalSettings, Evaluator
+from msml_jax.evaluation.report import format_table
+from msml_jax.models import model_from_config
+
+# Config fields that decide the network's function: an evaluation config must agree with the checkpoint's.
+MODEL_FIELDS = ("model.", "data.image_size", "dtype")
 
 
-def embed_split(embed_fn, variables, split, *, batch_size, image_size, mesh=None):
-    """Embeddings float32 [N, D] of every image of `split`, in order.
+def _step_dirs(workdir):
+    """{"latest" and "best" managers' directories} of a run."""
+    return {"latest": os.path.join(workdir, "checkpoints"), "best": os.path.join(workdir, "best")}
 
-    `embed_fn(variables, images)` is a jitted function of uint8 images
-    [batch_size, h, w, 3]; batches are padded to one shape, so it compiles once.
-    With a `mesh` (see `training.loop.jit_embed_step`), each batch is split over its devices: this process loads
-    only its rows, and every process gets the whole batch's embeddings back.
+
+def _manager(directory):
+    return ocp.CheckpointManager(os.path.abspath(directory),
+                                 options=ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False))
+
+
+def find_checkpoint(workdir, which="latest"):
+    """(directory, step) of checkpoint `which` of run `workdir`: "latest", "best" or a step number.
+
+    Raises UserError naming the workdir and the steps there are when there is no such checkpoint.
     """
-    rows = None if mesh is None else parallel.local_rows(batch_size, mesh)
-    chunks = []
-    for batch in eval_dataset(split, batch_size=batch_size, image_size=image_size, rows=rows).as_numpy_iterator():
-        images = batch["images"]
-        if mesh is not None:
-            images = parallel.global_batch({"images": images}, batch_size, mesh)["images"]
-        chunks.append(np.asarray(embed_fn(variables, images)))  # replicated: the whole batch in every process
-    return np.concatenate(chunks)[: len(split["pids"])]  # the last batch's padding dropped
+    which = str(which)
+    directory = _step_dirs(workdir)["best" if which == "best" else "latest"]
+    steps = []
+    if os.path.isdir(directory):
+        manager = _manager(directory)
+        steps = sorted(manager.all_steps())
+        manager.close()
+    if not steps:
+        hint = ("no evaluation has kept a best checkpoint yet (config.eval_every_steps)" if which == "best" else
+                f"train first with `python train.py --config CONFIG --workdir {workdir}`, or pass the --workdir "
+                f"of a trained run")
+        raise UserError(f"no checkpoint in {directory}: {hint}")
+    if which in ("latest", "best"):
+        return directory, steps[-1]
+    if not which.isdigit() or int(which) not in steps:
+        raise UserError(f"--checkpoint={which}: {directory} holds the steps {', '.join(map(str, steps))}: "
+                        f"pass one of those, latest or best")
+    return directory, int(which)
 
 
-def retrieval_metrics(query_embeddings, gallery_embeddings, query, gallery, normalize=True):
-    """CMC / mAP / mINP of Euclidean ranking (on l2-normalised embeddings when `normalize`)."""
-    q, g = jnp.asarray(query_embeddings), jnp.asarray(gallery_embeddings)
-    if normalize:
-        q, g = l2_normalize(q), l2_normalize(g)
-    distmat = np.asarray(pairwise_distance(q, g))
-    result = evaluate_ranking(distmat, query["pids"], gallery["pids"], query["camids"], gallery["camids"])
-    cmc = result["cmc"]
-    return {
-        "mAP": float(result["mAP"]),
-        "rank1": float(cmc[0]),
-        "rank5": float(cmc[4]),
-        "rank10": float(cmc[9]),
-        "mINP": float(result["mINP"]),
-        "num_queries": int(result["num_valid_queries"]),
-    }
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}/").items()}
+    return {prefix[:-1]: tree}
+
+
+def restore_checkpoint(directory, step):
+    """(config dict, {"params", "batch_stats"} of numpy arrays) saved at `step` in `directory`."""
+    manager = _manager(directory)
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+    finally:
+        manager.close()
+    state = restored["state"]
+    variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+    return dict(restored["config"]), jax.tree_util.tree_map(np.asarray, variables)
+
+
+def check_model_fields(saved, config, where):
+    """UserError naming each field deciding the network (`MODEL_FIELDS`) in which `config` differs from `saved`."""
+    from msml_jax.training.checkpoint import config_differences
+
+    changed = [d for d in config_differences(saved, config) if d[0].startswith(MODEL_FIELDS)]
+    if changed:
+        listing = "; ".join(f"config.{field}: {old!r} in the checkpoint, {new!r} now" for field, old, new in changed)
+        raise UserError(f"the config differs from the one the checkpoint in {where} was trained with in fields that "
+                        f"decide the network ({listing}): drop those overrides (the checkpoint's config is used "
+                        f"when --config is not given)")
+
+
+def model_of(config, variables, where):
+    """The model of `config` for restored `variables`; UserError when their shapes do not fit it."""
+    kernel = _flatten(variables["params"]).get("head/classifier/kernel")
+    if kernel is None:
+        candidates = [k for k in _flatten(variables["params"]) if k.endswith("classifier/kernel")]
+        kernel = _flatten(variables["params"])[candidates[0]] if candidates else None
+    if kernel is None:
+        raise UserError(f"{where} holds no classifier parameters: it is not a checkpoint of this project's trainer")
+    model = model_from_config(config, int(kernel.shape[-1]))
+    from msml_jax.training.steps import init_variables
+
+    shapes = jax.eval_shape(lambda: init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(0)))
+    expected = {k: tuple(v.shape) for k, v in _flatten(jax.tree_util.tree_map(lambda x: x, dict(shapes))).items()}
+    got = {k: tuple(np.shape(v)) for k, v in _flatten(variables).items()}
+    if expected != got:
+        diff = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
+        shown = "; ".join(f"{k}: {got.get(k, 'absent')} saved, {expected.get(k, 'absent')} expected" for k in diff[:4])
+        raise UserError(f"the parameters in {where} do not fit config.model ({config.model.name}): {shown}"
+                        f"{' ...' if len(diff) > 4 else ''}: evaluate with the config the run was trained with")
+    return model
+
+
+def load_run(workdir, config=None, checkpoint="latest"):
+    """(config, model, variables, step) of checkpoint `checkpoint` of `workdir`.
+
+    `config` None: the checkpoint's own. Otherwise `config` is used, after checking that the fields deciding the
+    network agree with the checkpoint's.
+    """
+    directory, step = find_checkpoint(workdir, checkpoint)
+    where = os.path.join(directory, str(step))
+    saved, variables = restore_checkpoint(directory, step)
+    if config is None:
+        config = ml_collections.ConfigDict(saved)
+    else:
+        check_model_fields(saved, config, where)
+    return config, model_of(config, variables, where), variables, step
+
+
+def apply_eval_options(config, datasets=None, protocol=None, flip=None, metric=None):
+    """A copy of `config` with eval.py's options set (None: keep the config's)."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        if "eval" not in config:
+            config.eval = ml_collections.ConfigDict()
+        if datasets:
+            config.data.eval = tuple(datasets)
+        if protocol is not None:
+            config.data.protocol = protocol
+        if flip is not None:
+            config.eval.flip = bool(flip)
+        if metric is not None:
+            config.eval.metric = metric
+    return config
+
+
+def save_features(path, features):
+    """Writes the features of every evaluated dataset to one `.npz`: `<dataset>/<query|gallery>/<field>` arrays.
+
+    Fields: embeddings float32 [N, D], pids, camids and, when the dataset has them, tracklet and file_name.
+    """
+    arrays = {f"{name}/{part}/{field}": np.asarray(value) for name, parts in features.items()
+              for part, values in parts.items() for field, value in values.items()}
+    np.savez(path, **{k: (v.astype(str) if v.dtype == object else v) for k, v in arrays.items()})
+
+
+def check_output_path(path, suffix):
+    """UserError when `path` cannot be written: its folder does not exist, or it lacks `suffix`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"cannot write {path}: the folder {folder} does not exist; create it or choose another path")
+    if not path.endswith(suffix):
+        raise UserError(f"{path}: the file name must end in {suffix}")
+
+
+def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, protocol=None, flip=None, metric=None,
+                 features_path=None):
+    """Evaluates a checkpoint of `workdir`; appends the records to its metrics.jsonl, prints and returns them."""
+    from msml_jax.data import load_eval_sets
+    from msml_jax.training.loop import append_metrics
+    from msml_jax.training.validate import validate_config
+
+    if features_path:
+        check_output_path(features_path, ".npz")
+    config, model, variables, step = load_run(workdir, config, checkpoint)
+    config = apply_eval_options(config, datasets, protocol, flip, metric)
+    validate_config(config)
+    eval_sets = load_eval_sets(config.data)
+    mesh = sharding.make_mesh()
+    evaluator = Evaluator(model.apply, eval_sets, EvalSettings.from_config(config, mesh.devices.size), mesh)
+    features = evaluator.features(sharding.replicate(variables, mesh))
+    records = [{**r, "checkpoint": str(checkpoint)} for r in evaluator.score(features, step)]
+    if jax.process_index() == 0:
+        if features_path:
+            save_features(features_path, features)
+        for record in records:
+            append_metrics(workdir, record)
+        print(format_table(records), flush=True)
+    return records

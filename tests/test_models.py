@@ -186,7 +186,7 @@ def test_bnneck_normalises_the_embedding_before_a_bias_free_classifier(bnneck_mo
     assert "bias" not in head["classifier"] and "bias" not in head["bnneck"]
     np.testing.assert_allclose(out["logits"], expected @ head["classifier"]["kernel"], rtol=1e-4, atol=1e-4)
     # Evaluation ranks with the selected embedding (what embed_step uses).
-    from msml_jax.training.steps import embed_step
+    from msml_jax.evaluation.retrieval import embed_step
 
     np.testing.assert_allclose(embed_step(model.apply, variables, images), out["bnneck"], rtol=1e-6)
     _, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
@@ -198,7 +198,7 @@ def test_eval_embedding_selects_what_evaluation_ranks_with(bnneck_model_and_vari
     model, variables, images = bnneck_model_and_variables
     model = model.clone(eval_embedding=choice)
     out = model.apply(variables, images, train=False)
-    from msml_jax.training.steps import embed_step
+    from msml_jax.evaluation.retrieval import embed_step
 
     expected = out["embeddings"] if choice == "embedding" else out["features"]
     np.testing.assert_array_equal(embed_step(model.apply, variables, images), expected)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from msml_jax.errors import UserError
-from msml_jax.training import parallel
+from msml_jax import sharding
 from tests.conftest import ROOT
 
 NUM_STEPS = 3
@@ -27,16 +27,16 @@ def _trajectory(mesh, config, model, batches, gallery):
 
     import jax
 
-    from msml_jax.inference import embed_split
+    from msml_jax.evaluation.retrieval import embed_split, embed_step, jit_embed_fn
     from msml_jax.training import steps
-    from msml_jax.training.loop import jit_embed_step, jit_train_step
+    from msml_jax.training.loop import jit_train_step
 
     variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
-    state = parallel.replicate(steps.create_train_state(model, config, variables), mesh)
+    state = sharding.replicate(steps.create_train_state(model, config, variables), mesh)
     train_step = jit_train_step(config, mesh)
     losses, mined = [], []
     for batch in batches:
-        inputs = parallel.global_batch(batch, config.batch_size, mesh)
+        inputs = sharding.global_batch(batch, config.batch_size, mesh)
         shard_rows = {s.data.shape[0] for s in inputs["images"].addressable_shards}
         assert len(inputs["images"].addressable_shards) == mesh.devices.size and shard_rows == {
             config.batch_size // mesh.devices.size
@@ -48,9 +48,9 @@ def _trajectory(mesh, config, model, batches, gallery):
     # The gallery embedded in padded batches of 16 split over the mesh, against the whole gallery at once on the
     # host's default device with the same (fetched) variables.
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    embedded = embed_split(jit_embed_step(model, mesh), variables, gallery, batch_size=16,
+    embedded = embed_split(jit_embed_fn(model.apply, mesh), variables, gallery, batch_size=16,
                            image_size=tuple(config.data.image_size), mesh=mesh)
-    whole = jax.jit(functools.partial(steps.embed_step, model.apply))(jax.device_get(variables), gallery["images"])
+    whole = jax.jit(functools.partial(embed_step, model.apply))(jax.device_get(variables), gallery["images"])
     return {"loss": losses, "mined": mined, "params": [np.asarray(p, np.float64).ravel().tolist() for p in params],
             "embedding_shape": list(embedded.shape), "embedding_max_diff": float(np.max(np.abs(embedded - whole)))}
 
@@ -74,8 +74,8 @@ def _main():
     dataset = train_dataset(train, sampler, start_step=0, end_step=NUM_STEPS, image_size=config.data.image_size,
                             flip=config.data.flip, shift=config.data.shift)
     batches = [{"images": b["images"], "labels": b["labels"]} for b in dataset.as_numpy_iterator()]
-    one = _trajectory(parallel.make_mesh(jax.devices()[:1]), config, model, batches, gallery)
-    eight = _trajectory(parallel.make_mesh(), config, model, batches, gallery)
+    one = _trajectory(sharding.make_mesh(jax.devices()[:1]), config, model, batches, gallery)
+    eight = _trajectory(sharding.make_mesh(), config, model, batches, gallery)
     one["gallery_size"] = len(gallery["pids"])
     print(json.dumps({"one": one, "eight": eight}))
 
@@ -110,12 +110,12 @@ def test_eight_devices_embed_an_evaluation_split_as_one(trajectories):
 def test_a_batch_that_does_not_split_over_the_devices_is_refused():
     import jax
 
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    parallel.check_batch_size(7, mesh)  # one device takes anything
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    sharding.check_batch_size(7, mesh)  # one device takes anything
     fake = type("FakeMesh", (), {"devices": np.empty(8)})()
     with pytest.raises(UserError, match=r"config.batch_size=12 does not split over 8 devices: use a multiple of 8 "
                                         r"\(e.g. 8 or 16"):
-        parallel.check_batch_size(12, fake)
+        sharding.check_batch_size(12, fake)
 
 
 if __name__ == "__main__":

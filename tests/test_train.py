@@ -10,7 +10,8 @@ import pytest
 
 from msml_jax.errors import UserError
 from msml_jax.training import checkpoint
-from msml_jax.training.loop import evaluate_checkpoint, train_and_evaluate
+from msml_jax.inference import evaluate_run
+from msml_jax.training.loop import train_and_evaluate
 from msml_jax.training.validate import validate_config
 from tests.conftest import ROOT, load_config, make_tiny_config
 
@@ -61,7 +62,7 @@ def test_checkpoints_hold_state_and_config(trained):
 
 def test_eval_on_the_workdir_reproduces_the_final_evaluation(trained):
     config, workdir, final = trained
-    (record,) = evaluate_checkpoint(config, workdir)
+    (record,) = evaluate_run(workdir)  # the checkpoint's own config
     for key in EVAL_KEYS:
         assert record[key] == pytest.approx(final[0][key], abs=1e-6)
     assert _records(workdir)[-1] == record
@@ -201,16 +202,16 @@ def _loss_trajectory(config, num_steps):
     from msml_jax.data.pipeline import train_dataset
     from msml_jax.data.sampling import PKSampler
     from msml_jax.models import model_from_config
-    from msml_jax.training import parallel
+    from msml_jax import sharding
     from msml_jax.training import steps as train_steps
     from msml_jax.training.loop import jit_train_step
 
     train, _ = load_datasets(config.data)
     model = model_from_config(config, len(np.unique(train["pids"])))
     sampler = PKSampler(train["pids"], config.P, config.K, config.seed)
-    mesh = parallel.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     variables = train_steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
-    state = parallel.replicate(train_steps.create_train_state(model, config, variables), mesh)
+    state = sharding.replicate(train_steps.create_train_state(model, config, variables), mesh)
     step_fn = jit_train_step(config, mesh)
     losses = []
     for b in train_dataset(train, sampler, start_step=0, end_step=num_steps, image_size=config.data.image_size,

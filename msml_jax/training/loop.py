@@ -16,17 +16,20 @@ import jax
 import numpy as np
 import tqdm
 
+from msml_jax import sharding
 from msml_jax.data import load_datasets
 from msml_jax.data.pipeline import train_dataset_from_config
 from msml_jax.data.sampling import PKSampler
 from msml_jax.errors import UserError
-from msml_jax.inference import embed_split, retrieval_metrics
+from msml_jax.evaluation.evaluator import EvalSettings, Evaluator
+from msml_jax.evaluation.report import COLUMNS as EVAL_COLUMNS
+from msml_jax.evaluation.report import format_table
 from msml_jax.models import load_pretrained, model_from_config
-from msml_jax.training import checkpoint, parallel, steps
+from msml_jax.training import checkpoint, steps
+from msml_jax.training.schedule import resolve_epochs, steps_per_epoch
 from msml_jax.training.summaries import SummaryWriter
 from msml_jax.training.validate import validate_config
 
-EVAL_COLUMNS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"), ("mINP", "mINP"))
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a process stopped by SIGTERM
 
 
@@ -62,53 +65,19 @@ def _rewind_metrics(workdir, step, final_step):
     os.replace(path + ".tmp", path)
 
 
-def format_table(records):
-    """Evaluation records as a fixed-width table, metrics in percent."""
-    header = f"{'dataset':<12}{'step':>8}" + "".join(f"{title:>9}" for _, title in EVAL_COLUMNS)
-    rows = [
-        f"{r['dataset']:<12}{r['step']:>8}" + "".join(f"{100 * r[key]:>9.1f}" for key, _ in EVAL_COLUMNS)
-        for r in records
-    ]
-    return "\n".join([header, *rows])
+def setup(config):
+    """(config, train split, eval sets, model) of a run, before any compile or write; user mistakes surface here.
 
-
-def _setup(config):
-    """Data and model of a run, before any compile or write; user mistakes surface here."""
+    The config comes back with its schedule in steps: epoch fields (`training.schedule`) resolved with the
+    steps per epoch of the training split actually loaded.
+    """
     validate_config(config)
     train, eval_sets = load_datasets(config.data)
-    num_classes = len(np.unique(train["pids"]))
-    model = model_from_config(config, num_classes)
-    return train, eval_sets, model
-
-
-def evaluate(embed_fn, variables, eval_sets, config, step, mesh):
-    """Embeds each evaluation set's query and gallery over `mesh`; returns one record per dataset.
-
-    The evaluation batch is config.eval_batch_size rounded up to a multiple of the device count.
-    """
-    devices = mesh.devices.size
-    batch_size = -(-config.eval_batch_size // devices) * devices
-    kwargs = dict(batch_size=batch_size, image_size=tuple(config.data.image_size), mesh=mesh)
-    records = []
-    for name, sets in eval_sets.items():
-        query = embed_split(embed_fn, variables, sets["query"], **kwargs)
-        gallery = embed_split(embed_fn, variables, sets["gallery"], **kwargs)
-        metrics = retrieval_metrics(query, gallery, sets["query"], sets["gallery"], normalize=config.normalize)
-        records.append({"step": int(step), "dataset": name, **metrics})
-    return records
-
-
-def jit_embed_step(model, mesh):
-    """`steps.embed_step` jitted over `mesh`: variables replicated, images sharded on "data", embeddings replicated.
-
-    Returns fn(variables, images) -> float32 [B, D], the whole batch's embeddings on every device and process.
-    """
-    repl = parallel.replicated(mesh)
-    return jax.jit(
-        functools.partial(steps.embed_step, model.apply),
-        in_shardings=(repl, parallel.batch_sharding(mesh)),
-        out_shardings=repl,
-    )
+    identities = np.unique(train["pids"])
+    config = resolve_epochs(config, steps_per_epoch(len(identities), config.P))
+    validate_config(config)
+    model = model_from_config(config, len(identities))
+    return config, train, eval_sets, model
 
 
 def jit_train_step(config, mesh):
@@ -116,18 +85,13 @@ def jit_train_step(config, mesh):
 
     Returns fn(state, images, labels) -> (state, metrics) with replicated outputs; the state is donated.
     """
-    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     return jax.jit(
         functools.partial(steps.train_step, config=config),
         in_shardings=(repl, data, data),
         out_shardings=(repl, repl),
         donate_argnums=0,
     )
-
-
-def steps_per_epoch(num_train_ids, config):
-    """One epoch = every training identity drawn once: num_train_ids // P steps (at least 1)."""
-    return max(1, num_train_ids // config.P)
 
 
 class _StopSignal:
@@ -228,14 +192,14 @@ def train_and_evaluate(config, workdir):
     Raises UserError on a config mistake, on a config different from the checkpoint's, and on a NaN/Inf loss;
     Preempted after saving a checkpoint on SIGTERM.
     """
-    train, eval_sets, model = _setup(config)
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.batch_size, mesh)
+    config, train, eval_sets, model = setup(config)
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.batch_size, mesh)
     is_main = jax.process_index() == 0
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     # Refuse a changed config before writing anything. Every process looks before any creates the directory.
     resuming = os.path.isdir(checkpoint_dir)
-    parallel.barrier("msml: looked for checkpoints")
+    sharding.barrier("msml: looked for checkpoints")
     if resuming:
         reader = checkpoint.checkpoint_manager(workdir, create=False)
         latest = reader.latest_step()
@@ -244,7 +208,7 @@ def train_and_evaluate(config, workdir):
         reader.close()
 
     sampler = PKSampler(train["pids"], config.P, config.K, config.seed)
-    per_epoch = steps_per_epoch(len(sampler.identities), config)
+    per_epoch = steps_per_epoch(len(sampler.identities), config.P)
     # A bad weights file is a user mistake too: load it before anything is written.
     variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
     variables = load_pretrained(variables, config.model)
@@ -254,16 +218,16 @@ def train_and_evaluate(config, workdir):
     start_step = manager.latest_step() or 0
     # Image size and every augmentation field of config.data (flip, shift, zoom, blur, erasing); this process
     # decodes and augments only its own rows of each global batch.
-    rows = parallel.local_rows(config.batch_size, mesh)
+    rows = sharding.local_rows(config.batch_size, mesh)
     dataset = train_dataset_from_config(train, sampler, config.data, start_step, config.num_train_steps, rows)
-    state = parallel.replicate(steps.create_train_state(model, config, variables), mesh)
+    state = sharding.replicate(steps.create_train_state(model, config, variables), mesh)
     if start_step:
         state, _ = checkpoint.restore(manager, state)
         if is_main:
             _rewind_metrics(workdir, start_step, config.num_train_steps)
             print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)
     train_step = jit_train_step(config, mesh)
-    embed_fn = jit_embed_step(model, mesh)
+    evaluator = Evaluator(model.apply, eval_sets, EvalSettings.from_config(config, mesh.devices.size), mesh)
     variables = lambda: {"params": state.params, "batch_stats": state.batch_stats}  # noqa: E731
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
     eval_every = config.get("eval_every_steps", 0)
@@ -273,11 +237,12 @@ def train_and_evaluate(config, workdir):
                 "steps_per_epoch": int(per_epoch)}
 
     def run_evaluation(step):
-        records = evaluate(embed_fn, variables(), eval_sets, config, step, mesh)
+        records = evaluator(variables(), step)
         if is_main:
             for record in records:
                 append_metrics(workdir, record)
-            writer.scalars(step, {f"{r['dataset']}/{k}": r[k] for r in records for k, _ in EVAL_COLUMNS}, "eval/")
+            writer.scalars(step, {f"{r['dataset']}/{k}": r[k] for r in records for k, _ in EVAL_COLUMNS if k in r},
+                           "eval/")
             writer.flush()
         if step > 0 and step not in best.all_steps():
             mean_map = float(np.mean([r["mAP"] for r in records]))
@@ -296,7 +261,7 @@ def train_and_evaluate(config, workdir):
         with _StopSignal() as stop:
             for batch in dataset.as_numpy_iterator():
                 local = {"images": batch["images"], "labels": batch["labels"]}
-                inputs = parallel.global_batch(local, config.batch_size, mesh)
+                inputs = sharding.global_batch(local, config.batch_size, mesh)
                 state, metrics = train_step(state, inputs["images"], inputs["labels"])
                 step = int(batch["step"]) + 1
                 # One small fetch per step: it keeps the bar and images/s honest, and no NaN reaches a checkpoint.
@@ -343,21 +308,3 @@ def train_and_evaluate(config, workdir):
     manager.close()
     writer.close()
     return final
-
-
-def evaluate_checkpoint(config, workdir):
-    """Restores the latest checkpoint of `workdir`, evaluates it, appends and returns the records."""
-    manager = checkpoint.existing_checkpoint_manager(workdir)
-    _, eval_sets, model = _setup(config)
-    mesh = parallel.make_mesh()
-    variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
-    state = parallel.replicate(steps.create_train_state(model, config, variables), mesh)
-    state, _ = checkpoint.restore(manager, state)  # onto every device
-    manager.close()
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    records = evaluate(jit_embed_step(model, mesh), variables, eval_sets, config, int(state.step), mesh)
-    if jax.process_index() == 0:
-        for record in records:
-            append_metrics(workdir, record)
-        print(format_table(records), flush=True)
-    return records

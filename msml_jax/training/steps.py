@@ -76,7 +76,7 @@ def train_step(state, images, labels, *, config):
       (new state, dict of scalar metrics: loss, cls_loss, metric_loss, accuracy,
       hardest_pos / hardest_neg (mean mined distances), learning_rate, grad_norm).
 
-    Under jit with the batch sharded over devices (training.parallel) every term, the mining included, is
+    Under jit with the batch sharded over devices (msml_jax.sharding) every term, the mining included, is
     computed over the global batch.
     """
     # The random losses draw fresh pairs each step, reproducibly from (seed, step).
@@ -124,12 +124,3 @@ def train_step(state, images, labels, *, config):
         "grad_norm": optax.tree.norm(grads),
     }
     return state, metrics
-
-
-def embed_step(apply_fn, variables, images):
-    """Evaluation embeddings float32 [B, D] of uint8 images [B, h, w, 3] (inference mode).
-
-    A model whose head offers several embeddings names the one to rank with `retrieval`.
-    """
-    outputs = apply_fn(variables, images, train=False)
-    return outputs.get("retrieval", outputs["embeddings"]).astype(jnp.float32)

@@ -10,8 +10,7 @@ import importlib
 import importlib.util
 import os
 
-# Module name == TFDS name. A builder module not present in this checkout is left out.
-BUILDERS = ("market1501", "cuhk03", "mars", "cuhk_sysu", "viper", "prid2011", "folder")
+from msml_jax.data import BUILDERS  # Module name == TFDS name. A module not in this checkout is left out.
 
 for _name in BUILDERS:
     if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
@@ -43,7 +42,7 @@ def read_split(builder, split):
     return out
 
 
-def load(name, data_dir, manual_dir=None, skip_corrupt=False, trial=0):
+def load(name, data_dir, manual_dir=None, skip_corrupt=False, trial=0, protocol=None):
     """{"train", "query", "gallery"} of TFDS dataset `name` in its own protocol, built first if needed.
 
     Args:
@@ -51,6 +50,8 @@ def load(name, data_dir, manual_dir=None, skip_corrupt=False, trial=0):
       manual_dir: where the official release lies (None: TFDS's `<data_dir>/downloads/manual`).
       skip_corrupt: skip unreadable images when building instead of failing.
       trial: which of the protocol's random splits (VIPeR, PRID2011: 0..9); ignored by others.
+      protocol: the dataset's protocol (`msml_jax.data.PROTOCOLS`; None: its default), for datasets
+        whose protocols use different splits (CUHK03: new or classic).
     """
     import tensorflow_datasets as tfds
 
@@ -65,6 +66,6 @@ def load(name, data_dir, manual_dir=None, skip_corrupt=False, trial=0):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
     module = importlib.import_module(f"{__name__}.{name}")
     read = functools.partial(read_split, builder)
-    if hasattr(module, "protocol_splits"):  # datasets whose protocol draws a split per trial
-        return module.protocol_splits(read, trial)
+    if hasattr(module, "protocol_splits"):  # datasets whose protocol picks or draws its splits
+        return module.protocol_splits(read, trial=trial, protocol=protocol)
     return {split: read(split) for split in ("train", "query", "gallery")}

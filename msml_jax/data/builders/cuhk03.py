@@ -44,6 +44,28 @@ def camid_of(pair, index):
     return 2 * (pair - 1) + (0 if index <= 5 else 1)
 
 
+def protocol_splits(read, trial=0, protocol=None):
+    """{"train", "query", "gallery"} of `protocol`: "new" (default) or "classic".
+
+    new: the 767 / 700 identity splits of Zhong et al. as prepared. classic (the paper's): train on
+    `classic_train` (1,367 identities); `classic_test`'s 100 identities give the queries (each person's
+    images from the first camera of its pair, images 1-5) and the gallery (the second camera, 6-10), which
+    the single-gallery-shot ranking samples one image per identity from. `read(split)` returns a
+    prepared split; `trial` is unused (one classic split, CLASSIC_SPLIT).
+    """
+    if protocol in (None, "new"):
+        return {split: read(split) for split in ("train", "query", "gallery")}
+    if protocol != "classic":
+        raise ValueError(f"unknown CUHK03 protocol {protocol!r}: new or classic")
+    test = read("classic_test")
+    first_camera = np.asarray(test["camids"]) % 2 == 0  # camid_of: 2 * (pair - 1) + (0 | 1)
+
+    def take(keep):
+        return {k: v[keep] for k, v in test.items()}
+
+    return {"train": read("classic_train"), "query": take(first_camera), "gallery": take(~first_camera)}
+
+
 def file_name(pair, person, index):
     return f"{pair}_{person:03d}_{1 if index <= 5 else 2}_{index:02d}.png"
 

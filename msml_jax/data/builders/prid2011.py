@@ -29,7 +29,7 @@ NUM_SHARED = 200  # persons 1..200 are seen by both cameras
 CAM_B_OFFSET = 1000  # cam_b person n > 200 is another person than cam_a's n: pid 1000 + n
 
 
-def protocol_splits(read, trial):
+def protocol_splits(read, trial, protocol=None):
     """{"train", "query", "gallery"} of protocol trial `trial` from the `cam_a` / `cam_b` splits.
 
     `read(split name)` returns a prepared split of this builder as a dict of arrays.

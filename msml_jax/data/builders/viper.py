@@ -42,7 +42,7 @@ def trial_split(pids, trial):
     return np.sort(identities[order[:half]]), np.sort(identities[order[half:]])
 
 
-def protocol_splits(read, trial):
+def protocol_splits(read, trial, protocol=None):
     """{"train", "query", "gallery"} of protocol trial `trial`, each a dict of numpy arrays.
 
     `read(split name)` returns a prepared split of this builder as a dict of arrays.

@@ -1,0 +1,86 @@
+"""The one entry point from a model's variables to evaluation records: embed each set, rank it in its protocol.
+
+The trainer and eval.py build an `Evaluator` from the config and the loaded evaluation sets and call it; neither
+knows which protocol a dataset uses (the eval sets say, see `msml_jax.data.load_datasets`).
+"""
+
+import dataclasses
+
+import numpy as np
+
+from msml_jax.evaluation.protocols import RANKINGS
+from msml_jax.evaluation.retrieval import embed_split, jit_embed_fn
+
+FEATURE_FIELDS = ("pids", "camids", "tracklet", "file_name")  # kept beside the embeddings when a split has them
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """How embeddings are computed and compared (config.eval, config.normalize, config.eval_batch_size)."""
+
+    flip: bool = False  # average each image's embedding with its mirror's
+    metric: str = "euclidean"  # euclidean | cosine
+    pooling: str = "avg"  # tracklet pooling of frame features: avg | max
+    normalize: bool = True  # euclidean distances of l2-normalized embeddings
+    batch_size: int = 128
+    image_size: tuple = (256, 128)
+
+    @classmethod
+    def from_config(cls, config, num_devices=1):
+        """Settings of `config`; the batch is config.eval_batch_size rounded up to a multiple of `num_devices`."""
+        ev = config.get("eval") or {}
+        batch = -(-int(config.eval_batch_size) // num_devices) * num_devices
+        return cls(flip=bool(ev.get("flip", False)), metric=ev.get("metric", "euclidean"),
+                   pooling=ev.get("pooling", "avg"), normalize=bool(config.normalize), batch_size=batch,
+                   image_size=tuple(config.data.image_size))
+
+    def record_fields(self):
+        return {"flip": self.flip, "metric": self.metric}
+
+
+class Evaluator:
+    """Embeds every evaluation set over `mesh` and ranks it in its protocol: `evaluator(variables, step)`.
+
+    eval_sets: {dataset: {"query", "gallery", "protocol", "ranking", "trial"}} (msml_jax.data.load_datasets).
+    """
+
+    def __init__(self, apply_fn, eval_sets, settings, mesh):
+        self.eval_sets, self.settings, self.mesh = eval_sets, settings, mesh
+        self.embed_fn = jit_embed_fn(apply_fn, mesh, settings.flip)
+
+    def features(self, variables):
+        """{dataset: {"query": features, "gallery": features}}; features = `embeddings` float32 [N, D] plus the
+        split's pids, camids (and tracklet, file_name when present), one row per image, or per tracklet when the
+        dataset ranks tracklets."""
+        return {name: {part: self._embed(variables, sets[part], sets["ranking"]) for part in ("query", "gallery")}
+                for name, sets in self.eval_sets.items()}
+
+    def _embed(self, variables, split, ranking):
+        s = self.settings
+        kwargs = dict(batch_size=s.batch_size, image_size=s.image_size, mesh=self.mesh)
+        if ranking == "tracklet":
+            embeddings, _, first = embed_split(self.embed_fn, variables, split, groups=split["tracklet"],
+                                               pooling=s.pooling, **kwargs)
+            rows = first  # a tracklet's pid / camid / name: those of its first frame
+        else:
+            embeddings, rows = embed_split(self.embed_fn, variables, split, **kwargs), slice(None)
+        out = {"embeddings": embeddings}
+        out.update({k: np.asarray(split[k])[rows] for k in FEATURE_FIELDS if k in split})
+        return out
+
+    def score(self, features, step, distances=None):
+        """One record per dataset from `features` (see `features`); `distances` {dataset: [Q, G]} overrides."""
+        records = []
+        for name, sets in self.eval_sets.items():
+            rank = RANKINGS[sets["ranking"]]
+            metrics = rank(features[name]["query"], features[name]["gallery"], metric=self.settings.metric,
+                           normalize=self.settings.normalize, distances=(distances or {}).get(name))
+            record = {"step": int(step), "dataset": name, "protocol": sets["protocol"], **metrics}
+            if sets.get("trial") is not None:
+                record["trial"] = int(sets["trial"])
+            record.update(self.settings.record_fields())
+            records.append(record)
+        return records
+
+    def __call__(self, variables, step):
+        return self.score(self.features(variables), step)

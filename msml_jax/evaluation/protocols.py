@@ -1,0 +1,63 @@
+"""How a dataset's query and gallery features become ranking metrics: one function per ranking.
+
+`msml_jax.data.PROTOCOLS` says which ranking each dataset's protocol uses; the evaluator looks it up and never
+branches on dataset names. Features arrive as dicts with `embeddings` float [N, D], `pids`, `camids` int [N]
+(already pooled per tracklet for "tracklet").
+"""
+
+import numpy as np
+
+from msml_jax.evaluation.ranking import evaluate_ranking
+from msml_jax.evaluation.retrieval import distance_matrix
+
+RANKS = (1, 5, 10, 20)
+SINGLE_GALLERY_SHOT_REPEATS = 10
+
+
+def _summary(result):
+    cmc = result["cmc"]
+    out = {"mAP": float(result["mAP"]), "mINP": float(result["mINP"]),
+           "num_queries": int(result["num_valid_queries"])}
+    out.update({f"rank{k}": float(cmc[min(k, len(cmc)) - 1]) for k in RANKS})
+    return out
+
+
+def rank_images(query, gallery, *, metric="euclidean", normalize=True, distances=None):
+    """Market-1501 rules: every query against the whole gallery; same pid and camera is junk.
+
+    Returns {mAP, mINP, rank1, rank5, rank10, rank20, num_queries} (fractions). `distances` [Q, G]: use these
+    instead of computing them (e.g. re-ranked ones).
+    """
+    if distances is None:
+        distances = distance_matrix(query["embeddings"], gallery["embeddings"], metric, normalize)
+    return _summary(evaluate_ranking(distances, query["pids"], gallery["pids"], query["camids"], gallery["camids"],
+                                     max_rank=max(RANKS)))
+
+
+def single_gallery_shot(query, gallery, *, metric="euclidean", normalize=True, distances=None,
+                        repeats=SINGLE_GALLERY_SHOT_REPEATS, seed=0):
+    """CUHK03's classic protocol: each query against ONE gallery image per identity, averaged over draws.
+
+    Draw r (r = 0..repeats-1) picks, with `np.random.default_rng([seed, r])`, one gallery image of every gallery
+    identity (the same picks for every query of that draw); each query is ranked against those images under the
+    image rules, and CMC / mAP / mINP are averaged over the draws. mAP here is the mean reciprocal rank (one
+    match per query and draw).
+    """
+    if distances is None:
+        distances = distance_matrix(query["embeddings"], gallery["embeddings"], metric, normalize)
+    g_pids, g_camids = np.asarray(gallery["pids"]), np.asarray(gallery["camids"])
+    identities, inverse = np.unique(g_pids, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(len(identities))]
+    results = []
+    for r in range(repeats):
+        rng = np.random.default_rng([seed, r])
+        picks = np.array([rng.choice(m) for m in members])
+        results.append(_summary(evaluate_ranking(distances[:, picks], query["pids"], g_pids[picks],
+                                                 query["camids"], g_camids[picks], max_rank=max(RANKS))))
+    out = {k: float(np.mean([res[k] for res in results])) for k in results[0] if k != "num_queries"}
+    out["num_queries"] = results[0]["num_queries"]
+    return out
+
+
+# ranking name (msml_jax.data.PROTOCOLS) -> function; "tracklet" ranks the pooled tracklet features as images.
+RANKINGS = {"image": rank_images, "tracklet": rank_images, "single_gallery_shot": single_gallery_shot}
