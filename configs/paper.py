@@ -12,10 +12,14 @@ Recipe: 224 x 224 inputs; flip, shift, zoom, blur; batch 128 = P 32 identities x
 then 1e-5 (the paper gives no end: we stop 50 epochs into 1e-5, 250 epochs in all). Optional linear warmup:
 --config.warmup_steps=N.
 
-An epoch is every training identity drawn once: steps_per_epoch = num_train_ids // P, with the training
-identity counts of the releases (TRAIN_IDS). Steps per epoch at P = 32:
-    market1501   751 ids -> 23      mars       625 ids -> 19      cuhk03 (classic, labeled) 1367 ids -> 42
-    cuhk_sysu   5532 ids -> 172     all       8275 ids -> 258
+The schedule is in epochs (num_train_epochs, lr_boundary_epochs, ...): an epoch is every training identity drawn
+once, steps_per_epoch = num_train_ids // P, counted from the training split actually loaded
+(msml_jax/training/schedule.py). With the official releases at P = 32 that is: market1501 751 ids -> 23 steps,
+mars 625 -> 19, cuhk03 (classic, labeled) 1,367 -> 42, cuhk_sysu 5,532 -> 172, all 8,275 -> 258. A step field
+given on the command line (e.g. --config.num_train_steps=10) wins over its epoch field.
+
+CUHK03 is trained and evaluated in the classic protocol the paper used (1,367 training / 100 test identities,
+single-gallery-shot CMC over 10 draws): config.data.protocol = "classic" ("new" for the 767 / 700 protocol).
 """
 
 from msml_jax.config_files import sibling_config
@@ -23,8 +27,6 @@ from msml_jax.config_files import sibling_config
 DATASETS = ("market1501", "mars", "cuhk03", "cuhk_sysu", "all")
 BACKBONES = ("resnet50", "inception_v2", "resnet50x")
 LOSSES = ("cls", "triplet", "quadruplet", "trihard", "msml")
-# Training identities of each release under the paper's protocol (CUHK03: 1,467 minus the 100 test ids).
-TRAIN_IDS = {"market1501": 751, "mars": 625, "cuhk03": 1367, "cuhk_sysu": 5532}
 EPOCHS = (50, 150, 50)  # at 1e-3, 1e-4, 1e-5
 
 
@@ -43,7 +45,7 @@ def _parse(arg):
 def get_config(arg=None):
     dataset, backbone, loss = _parse(arg)
     config = sibling_config(__file__, "synthetic")
-    train = tuple(TRAIN_IDS) if dataset == "all" else (dataset,)
+    train = DATASETS[:4] if dataset == "all" else (dataset,)
 
     config.data.name = train[0]  # named in messages; the datasets are config.data.train
     config.data.train = train
@@ -54,6 +56,7 @@ def get_config(arg=None):
     config.data.zoom = 0.1
     config.data.blur_prob = 0.5
     config.data.blur_sigma = 1.0
+    config.data.protocol = "classic" if "cuhk03" in train else ""
 
     config.model.name = backbone
     config.model.embed_dim = 1024
@@ -67,15 +70,17 @@ def get_config(arg=None):
     config.cls_weight = 1.0
 
     config.P, config.K, config.batch_size = 32, 4, 128
-    steps_per_epoch = sum(TRAIN_IDS[name] for name in train) // config.P
     config.learning_rate = 1e-3
     config.lr_decay = 0.1
-    config.lr_boundaries = (EPOCHS[0] * steps_per_epoch, (EPOCHS[0] + EPOCHS[1]) * steps_per_epoch)
     config.warmup_steps = 0
-    config.num_train_steps = sum(EPOCHS) * steps_per_epoch
+    # In epochs, turned into steps from the loaded training split; the step fields stay 0 / empty for that.
+    config.num_train_epochs = sum(EPOCHS)
+    config.lr_boundary_epochs = (EPOCHS[0], EPOCHS[0] + EPOCHS[1])
+    config.checkpoint_every_epochs = 10
+    config.eval_every_epochs = 25
+    config.num_train_steps, config.lr_boundaries = 0, ()
+    config.checkpoint_every_steps, config.eval_every_steps = 0, 0
 
     config.log_every_steps = 50
-    config.checkpoint_every_steps = 10 * steps_per_epoch
-    config.eval_every_steps = 25 * steps_per_epoch
     config.eval_batch_size = 128
     return config

@@ -32,6 +32,7 @@ def get_config():
     config.data.manual_dir = ""  # where the official releases lie; "" = <data_dir>/downloads/manual
     config.data.skip_corrupt = False  # skip (and count) unreadable images instead of stopping
     config.data.trial = 0  # VIPeR / PRID2011: which of the 10 random protocol splits
+    config.data.protocol = ""  # "" = each dataset's default; cuhk03: new | classic (msml_jax.data.PROTOCOLS)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "small_resnet"
@@ -66,6 +67,12 @@ def get_config():
     config.lr_decay = 0.1
     config.warmup_steps = 0  # linear warmup over the first steps; 0: none
     config.num_train_steps = 700
+    # A schedule in epochs instead (configs/paper.py): each sets its step field from the loaded training split
+    # (epoch = num_train_ids // P steps) when that step field is 0 / empty (msml_jax/training/schedule.py).
+    config.num_train_epochs = 0
+    config.lr_boundary_epochs = ()
+    config.checkpoint_every_epochs = 0
+    config.eval_every_epochs = 0
 
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
@@ -73,4 +80,10 @@ def get_config():
     config.eval_every_steps = 350  # periodic evaluation (keeps the best checkpoint by mAP; ~2 s each); 0: start and end
     config.allow_config_change = False  # resuming with a config that differs from the checkpoint's is refused
     config.eval_batch_size = 128
+
+    # How evaluation embeds and ranks (train.py's evaluations and eval.py's defaults).
+    config.eval = ml_collections.ConfigDict()
+    config.eval.flip = False  # flip test: average the embeddings of each image and its mirror
+    config.eval.metric = "euclidean"  # euclidean (of l2-normalized embeddings when config.normalize) | cosine
+    config.eval.pooling = "avg"  # tracklet datasets (MARS): avg | max of the frame features
     return config

@@ -162,7 +162,7 @@ def test_every_point_of_the_paper_grid_builds_and_validates():
 
 @pytest.mark.parametrize(
     "dataset, boundaries, total",
-    [  # epochs 50 / 200 / 250 times num_train_ids // 32, worked by hand
+    [  # epochs 50 / 200 / 250 times num_train_ids // 32, worked by hand, with the official releases' id counts
         ("market1501", (50 * 23, 200 * 23), 250 * 23),  # 751 ids
         ("mars", (50 * 19, 200 * 19), 250 * 19),  # 625 ids
         ("cuhk03", (50 * 42, 200 * 42), 250 * 42),  # 1367 ids
@@ -171,10 +171,14 @@ def test_every_point_of_the_paper_grid_builds_and_validates():
     ],
 )
 def test_paper_schedule_in_steps(dataset, boundaries, total):
+    from msml_jax.training.schedule import resolve_epochs
     from msml_jax.training.steps import learning_rate_schedule
 
-    config = _paper_config(f"{dataset},resnet50,msml")
+    ids = {"market1501": 751, "mars": 625, "cuhk03": 1367, "cuhk_sysu": 5532}
+    num_ids = sum(ids.values()) if dataset == "all" else ids[dataset]
+    config = resolve_epochs(_paper_config(f"{dataset},resnet50,msml"), num_ids // 32)
     assert tuple(config.lr_boundaries) == boundaries and config.num_train_steps == total
+    assert config.checkpoint_every_steps == total // 25 and config.eval_every_steps == total // 10
     schedule = learning_rate_schedule(config)
     rates = [float(schedule(t)) for t in (0, boundaries[0] - 1, boundaries[0], boundaries[1] - 1, boundaries[1])]
     assert np.allclose(rates, [1e-3, 1e-3, 1e-4, 1e-4, 1e-5])

@@ -13,8 +13,13 @@ def validate_config(config):
         raise UserError(
             f"unknown model {config.model.name!r} in config.model.name: valid names are {', '.join(sorted(BACKBONES))}"
         )
+    from msml_jax.training.schedule import EPOCH_FIELDS
+
+    in_epochs = {steps for epochs, steps in EPOCH_FIELDS if config.get(epochs)}  # set from the data, later
     for field in ("P", "K", "batch_size", "num_train_steps", "checkpoint_every_steps", "log_every_steps", "eval_batch_size"):
         value = config[field]
+        if field in in_epochs and value == 0:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"config.{field} must be a positive integer, got {value!r}")
     for field in ("eval_every_steps", "warmup_steps"):  # 0 turns them off
