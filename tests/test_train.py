@@ -68,6 +68,64 @@ def test_eval_on_the_workdir_reproduces_the_final_evaluation(trained):
     assert _records(workdir)[-1] == record
 
 
+def _copy_run(workdir, tmp_path):
+    import shutil
+
+    return shutil.copytree(workdir, str(tmp_path / "run"))
+
+
+def test_eval_with_flip_saves_features_that_load_with_numpy(trained, tmp_path, tiny_splits):
+    _, workdir, final = trained
+    workdir = _copy_run(workdir, tmp_path)
+    path = str(tmp_path / "features.npz")
+    (record,) = evaluate_run(workdir, flip=True, metric="cosine", features_path=path)
+    assert (record["flip"], record["metric"], record["step"], record["checkpoint"]) == (True, "cosine", 6, "latest")
+    assert _records(workdir)[-1] == record
+    saved = np.load(path)
+    for part in ("query", "gallery"):
+        np.testing.assert_array_equal(saved[f"synthetic/{part}/pids"], tiny_splits[part]["pids"])
+        np.testing.assert_array_equal(saved[f"synthetic/{part}/camids"], tiny_splits[part]["camids"])
+        assert saved[f"synthetic/{part}/embeddings"].shape == (len(tiny_splits[part]["pids"]), 16)
+    # The saved features rank to the record's figures (cosine, independent of the evaluator's own scoring).
+    from msml_jax.evaluation import evaluate_ranking
+
+    q, g = saved["synthetic/query/embeddings"], saved["synthetic/gallery/embeddings"]
+    q, g = q / np.linalg.norm(q, axis=1, keepdims=True), g / np.linalg.norm(g, axis=1, keepdims=True)
+    result = evaluate_ranking(1 - q @ g.T, saved["synthetic/query/pids"], saved["synthetic/gallery/pids"],
+                              saved["synthetic/query/camids"], saved["synthetic/gallery/camids"])
+    assert record["mAP"] == pytest.approx(result["mAP"], abs=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(protocol="classic"), r"config.data.protocol='classic' is not a protocol of the evaluated dataset"),
+    (dict(checkpoint="5"), r"--checkpoint=5: .* holds the steps 3, 6: pass one of those, latest or best"),
+    (dict(features_path="/nonexistent-folder/f.npz"), r"the folder /nonexistent-folder does not exist"),
+    (dict(datasets=["nosuch"]), r"unknown dataset 'nosuch'"),
+])
+def test_eval_refuses_bad_options_and_writes_nothing(trained, tmp_path, kwargs, message):
+    _, workdir, _ = trained
+    workdir = _copy_run(workdir, tmp_path)
+    before = _records(workdir)
+    with pytest.raises(UserError, match=message):
+        evaluate_run(workdir, **kwargs)
+    assert _records(workdir) == before
+
+
+def test_eval_cli_from_the_workdir_alone(trained, tmp_path):
+    _, workdir, final = trained
+    workdir = _copy_run(workdir, tmp_path)
+    ok = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}", "--checkpoint=3", "--flip"], cwd=ROOT,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "synthetic" in ok.stdout and "rank-20" in ok.stdout
+    assert _records(workdir)[-1]["step"] == 3 and _records(workdir)[-1]["flip"] is True
+    bad = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}", "--checkpoint=4"], cwd=ROOT,
+                         capture_output=True, text=True)
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1, bad.stderr
+    assert "--checkpoint=4" in errors[0] and "holds the steps 3, 6" in errors[0]
+
+
 def test_restarting_a_finished_run_trains_no_further(trained):
     config, workdir, _ = trained
     longer = make_tiny_config()
