@@ -25,10 +25,15 @@ import numpy as np
 
 __all__ = ["METRICS", "pair_distances", "separation_from_distances", "separation_figures"]
 
+def _sqeuclidean(a, b):
+    d = a - b
+    return np.einsum("ij,ij->i", d, d)
+
+
 # Paired distances d(a_i, b_i) of rows a, b [n, D] float64 -> [n]; same names as losses.pairwise_distance.
 METRICS = {
-    "euclidean": lambda a, b: np.sqrt(np.sum((a - b) ** 2, axis=1)),
-    "sqeuclidean": lambda a, b: np.sum((a - b) ** 2, axis=1),
+    "euclidean": lambda a, b: np.sqrt(_sqeuclidean(a, b)),
+    "sqeuclidean": _sqeuclidean,
     "cosine": lambda a, b: np.clip(
         1.0 - np.sum(a * b, axis=1)
         / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12), 0.0, 2.0),
