@@ -12,7 +12,6 @@ import os
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
 from msml_jax.evaluation.separation import pair_distances, separation_from_distances
 
