@@ -1,0 +1,72 @@
+"""The exported embedder, deserialized with jax alone, against the live model."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msml_jax.export import export_embedder, load_exported
+from msml_jax.models import get_model
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    model = get_model("small_resnet", 5, embed_dim=16)
+    # Jitted: one compile instead of one per op.
+    variables = jax.jit(model.init, static_argnames="train")(
+        jax.random.key(0), jnp.zeros((1, 32, 16, 3), jnp.uint8), train=False)
+    return model, variables
+
+
+def _live(model, variables, images, flip, normalize):
+    """The live model's embeddings, flip and normalisation written out in numpy."""
+    apply = jax.jit(model.apply, static_argnames="train")
+    emb = np.asarray(apply(variables, images, train=False)["embeddings"], np.float64)
+    if flip:
+        emb = 0.5 * (emb + np.asarray(apply(variables, images[:, :, ::-1], train=False)["embeddings"]))
+    if normalize:
+        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb
+
+
+def test_exported_matches_live_model(tmp_path, tiny_model):
+    model, variables = tiny_model
+    flip, normalize = True, True  # the path with every option: one export compiles in seconds on a loaded CPU
+    path = str(tmp_path / "embedder.jaxexport")
+    info = export_embedder(path, model.apply, variables, (32, 16),
+                           metadata={"flip": flip, "normalize": normalize, "step": 7})
+
+    # Serving needs only jax: the two lines of the module docstring.
+    with open(path, "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+    rng = np.random.default_rng(0)
+    for batch in (1, 3):  # the batch dimension is symbolic: both sizes run from the one file
+        images = rng.integers(0, 256, size=(batch, 32, 16, 3), dtype=np.uint8)
+        got = np.asarray(exported.call(images))
+        assert got.dtype == np.float32 and got.shape == (batch, 16)
+        # float32 model, same ops: differences are rounding only.
+        np.testing.assert_allclose(got, _live(model, variables, images, flip, normalize), atol=1e-5, rtol=1e-5)
+
+    with open(path + ".json") as f:
+        written = json.load(f)
+    assert written == info
+    assert written["input_shape"] == [None, 32, 16, 3] and written["input_dtype"] == "uint8"
+    assert written["embedding_dim"] == 16 and written["output_dtype"] == "float32"
+    assert (written["flip"], written["normalize"], written["distance"], written["step"]) == (
+        flip, normalize, "euclidean", 7)
+    assert set(written["platforms"]) == {"cpu", "cuda", "tpu"}
+
+    fn, loaded_info = load_exported(path)
+    assert loaded_info == info
+    np.testing.assert_array_equal(np.asarray(fn(images)), got)
+
+
+def test_modules_import_without_tensorflow():
+    code = ("import sys; import msml_jax.export, msml_jax.evaluation.separation, msml_jax.evaluation.visualize; "
+            "bad = [m for m in ('tensorflow', 'msml_jax.training') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
