@@ -73,6 +73,25 @@ def test_metric_loss_gradient_reaches_the_parameters_and_matches_finite_differen
     # cls_weight 0: the classifier, which only the classification loss reaches, gets no gradient.
     np.testing.assert_array_equal(np.asarray(new.params["v"]), np.asarray(v, np.float32))
 
+    # The logged metrics, each by hand: softmax cross-entropy and accuracy of the logits, each anchor's hardest
+    # positive / negative distance (normalised embeddings) averaged, the gradient's norm, step 0's rate.
+    logits = images @ w @ v
+    log_softmax = logits - logits.max(1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(1, keepdims=True))
+    d = _normalized_distances(images @ w)
+    same = LABELS[:, None] == LABELS[None, :]
+    expected = {
+        "cls_loss": -np.mean(log_softmax[np.arange(8), LABELS]),
+        "accuracy": np.mean(logits.argmax(1) == LABELS),
+        "hardest_pos": np.mean([max(d[a][same[a] & (np.arange(8) != a)]) for a in range(8)]),
+        "hardest_neg": np.mean([min(d[a][~same[a]]) for a in range(8)]),
+        "grad_norm": np.linalg.norm(numeric),
+        "learning_rate": config.learning_rate,
+        "loss": loss_of(w),
+    }
+    for key, value in expected.items():
+        assert float(metrics[key]) == pytest.approx(value, rel=1e-3, abs=1e-6), key
+
 
 @pytest.mark.parametrize(
     "schedule, expected",
