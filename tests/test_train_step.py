@@ -4,8 +4,10 @@ A linear "model" stands in for the network (embeddings = x W, logits = embedding
 a few lines of numpy: a brute-force loss in float64 and its finite differences, and Adam's first-step rule.
 """
 
+import functools
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -54,7 +56,8 @@ def test_metric_loss_gradient_reaches_the_parameters_and_matches_finite_differen
         apply_fn=_linear_apply, params={"w": jnp.asarray(w, jnp.float32), "v": jnp.asarray(v, jnp.float32)},
         batch_stats={}, tx=optax.sgd(1.0),
     )
-    new, metrics = steps.train_step(state, jnp.asarray(images, jnp.float32), jnp.asarray(LABELS), config=config)
+    train_step = jax.jit(functools.partial(steps.train_step, config=config))  # one compile, not one per op
+    new, metrics = train_step(state, jnp.asarray(images, jnp.float32), jnp.asarray(LABELS))
     grad_w = w - np.asarray(new.params["w"], np.float64)
 
     def loss_of(w):
