@@ -47,6 +47,31 @@ def test_zoom_scales_about_the_centre_within_range():
     assert min(scales) < 0.95 and max(scales) > 1.05  # both zoom in and zoom out occur
 
 
+def test_shift_translates_both_ways_by_up_to_shift():
+    # Ramps I(y, x) = (100 + x, 100 + y, 100): bilinear sampling of them is exact, so inside the source frame an
+    # output pixel (i, j) reads (100 + j + dx, 100 + i + dy), with (dy, dx) the offset in pixels; outside it is
+    # black. The offsets, as fractions of (h - 1, w - 1), must be uniform in [-shift, shift].
+    h, w, shift = 17, 33, 0.2
+    ys, xs = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+    ramp = np.stack([100 + xs, 100 + ys, np.full_like(xs, 100)], axis=-1)
+    out = augment(tf.constant(np.broadcast_to(ramp, (64, h, w, 3)).copy()), SEED, flip=False, shift=shift).numpy()
+    offsets = []
+    for image in out:
+        inside = image[..., 2] == 100
+        assert inside.sum() >= (1 - shift) ** 2 * h * w - (h + w)  # at most a shift's band is black each way
+        assert np.all(image[~inside] == 0)
+        dx = image[..., 0][inside] - 100 - xs[inside]
+        dy = image[..., 1][inside] - 100 - ys[inside]
+        np.testing.assert_allclose(dx, dx.mean(), atol=1e-3)  # a translation: one offset for every pixel
+        np.testing.assert_allclose(dy, dy.mean(), atol=1e-3)
+        offsets.append((dy.mean() / (h - 1), dx.mean() / (w - 1)))
+    offsets = np.array(offsets)
+    assert np.abs(offsets).max() <= shift + 1e-4
+    for column in offsets.T:  # 64 uniform draws per axis fill the range on both sides
+        assert column.min() < -0.8 * shift and column.max() > 0.8 * shift
+        assert abs(column.mean()) < 0.3 * shift
+
+
 def test_erasing_replaces_one_rectangle_in_about_prob_of_the_images():
     images = np.full((200, 32, 16, 3), -1.0, np.float32)  # noise is in [0, 255], never -1
     out = augment(tf.constant(images), SEED, flip=False, erase_prob=0.5, erase_area=(0.1, 0.3)).numpy()

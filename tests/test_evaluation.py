@@ -323,3 +323,33 @@ def test_no_valid_query_raises():
     # all matches junk (same camera everywhere)
     with pytest.raises(ValueError, match="no valid query"):
         evaluate_ranking(dist, q_pids, g_pids, np.zeros_like(q_camids), np.zeros_like(g_camids))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_image_ranking_by_euclidean_distance_of_the_embeddings(normalize):
+    from msml_jax.evaluation.protocols import rank_images
+
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(8, 6))
+    q_pids, g_pids = rng.integers(0, 8, 30), rng.integers(0, 8, 120)
+    q_camids, g_camids = rng.integers(0, 3, 30), rng.integers(0, 3, 120)
+    # Noisy identity centres, each scaled by its own factor: normalising changes the ranking.
+    query = (centres[q_pids] + rng.normal(0, 0.8, (30, 6))) * rng.uniform(0.2, 5, (30, 1))
+    gallery = (centres[g_pids] + rng.normal(0, 0.8, (120, 6))) * rng.uniform(0.2, 5, (120, 1))
+    got = rank_images({"embeddings": query.astype(np.float32), "pids": q_pids, "camids": q_camids},
+                      {"embeddings": gallery.astype(np.float32), "pids": g_pids, "camids": g_camids},
+                      normalize=normalize)
+
+    def reference(unit):
+        q, g = query, gallery
+        if unit:
+            q, g = q / np.linalg.norm(q, axis=1, keepdims=True), g / np.linalg.norm(g, axis=1, keepdims=True)
+        return reference_eval(np.linalg.norm(q[:, None, :] - g[None, :, :], axis=-1), q_pids, g_pids, q_camids,
+                              g_camids)
+
+    want = reference(normalize)
+    assert got["num_queries"] == want["num_valid_queries"]
+    for key, value in [("mAP", want["mAP"]), ("mINP", want["mINP"]), ("rank1", want["cmc"][0]),
+                       ("rank5", want["cmc"][4]), ("rank10", want["cmc"][9]), ("rank20", want["cmc"][19])]:
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+    assert abs(reference(not normalize)["mAP"] - want["mAP"]) > 0.01  # the choice matters on these embeddings

@@ -156,6 +156,85 @@ def test_last_stride_one_doubles_the_final_feature_map():
     assert _feature_map_shape("inception_v2", 1, (224, 224)) == (1, 14, 14, 1024)
 
 
+def _ref_bottleneck_nhwc(x, params, stats, stride_on_first):
+    """A ResNet bottleneck by jax.lax directly (NHWC / HWIO), stride 2 on the first 1x1 or on the 3x3."""
+
+    def conv(y, name, stride, pad):
+        out = jax.lax.conv_general_dilated(y, params[name]["kernel"], (stride, stride), [(pad, pad)] * 2,
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                           precision=jax.lax.Precision.HIGHEST)
+        return out + params[name].get("bias", 0.0)
+
+    def bn(y, name):
+        p, s = params[name], stats[name]
+        return (y - s["mean"]) / jnp.sqrt(s["var"] + 1e-5) * p["scale"] + p["bias"]
+
+    s1, s3 = (2, 1) if stride_on_first else (1, 2)
+    y = jax.nn.relu(bn(conv(x, "conv1", s1, 0), "bn1"))
+    y = jax.nn.relu(bn(conv(y, "conv2", s3, 1), "bn2"))
+    y = bn(conv(y, "conv3", 1, 0), "bn3")
+    return jax.nn.relu(y + bn(conv(x, "downsample_conv", 2, 0), "downsample_bn"))
+
+
+@pytest.mark.parametrize("keras_style", [False, True])
+def test_bottleneck_strides_its_3x3_as_torchvision_or_its_first_1x1_as_keras(keras_style):
+    from msml_jax.models.resnet import Bottleneck
+
+    norm = functools.partial(nn.BatchNorm, use_running_average=True, epsilon=1e-5)
+    block = Bottleneck(filters=2, strides=2, norm=norm, keras_style=keras_style)
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 7, 7, 4)), jnp.float32)
+    variables = jax.eval_shape(block.init, jax.random.key(0), x)  # shapes only: nothing compiled
+    # Random BatchNorm parameters and statistics (and conv biases, Keras), so nothing is an identity.
+    rng = np.random.default_rng(9)
+    randomize = lambda t: jax.tree.map(  # noqa: E731
+        lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32), t
+    )
+    variables = {"params": randomize(variables["params"]), "batch_stats": randomize(variables["batch_stats"])}
+    params = {k: dict(v) for k, v in variables["params"].items()}
+    for name in ("conv1", "conv2", "conv3", "downsample_conv"):  # weights of both signs
+        params[name]["kernel"] = params[name]["kernel"] - 1.0
+    variables["params"] = params
+    out = np.asarray(jax.jit(block.apply)(variables, x))
+    assert out.shape == (2, 4, 4, 8)
+    reference = jax.jit(_ref_bottleneck_nhwc, static_argnums=3)
+    expected = reference(x, params, variables["batch_stats"], keras_style)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    other = reference(x, params, variables["batch_stats"], not keras_style)
+    assert np.abs(other - expected).max() > 0.1  # the two layouts are told apart on these weights
+
+
+def test_basic_block_strides_its_first_3x3_and_its_shortcut():
+    from msml_jax.models.resnet import BasicBlock
+
+    norm = functools.partial(nn.BatchNorm, use_running_average=True, epsilon=1e-5)
+    block = BasicBlock(filters=6, strides=2, norm=norm)
+    x = jnp.asarray(np.random.default_rng(10).normal(size=(2, 7, 7, 4)), jnp.float32)
+    variables = jax.eval_shape(block.init, jax.random.key(0), x)
+    rng = np.random.default_rng(11)
+    params = {k: {n: jnp.asarray(rng.uniform(0.5, 1.5, a.shape) - (n == "kernel"), jnp.float32) for n, a in v.items()}
+              for k, v in variables["params"].items()}
+    stats = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32), variables["batch_stats"])
+    out = np.asarray(jax.jit(block.apply)({"params": params, "batch_stats": stats}, x))
+
+    def conv(y, name, stride, pad):
+        return jax.lax.conv_general_dilated(y, params[name]["kernel"], (stride, stride), [(pad, pad)] * 2,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision=jax.lax.Precision.HIGHEST)
+
+    def bn(y, name):
+        p, s = params[name], stats[name]
+        return (y - s["mean"]) / jnp.sqrt(s["var"] + 1e-5) * p["scale"] + p["bias"]
+
+    @jax.jit
+    def reference(x):  # torchvision's BasicBlock: conv1 3x3/stride, conv2 3x3/1, shortcut 1x1/stride
+        y = bn(conv(jax.nn.relu(bn(conv(x, "conv1", 2, 1), "bn1")), "conv2", 1, 1), "bn2")
+        return jax.nn.relu(y + bn(conv(x, "downsample_conv", 2, 0), "downsample_bn"))
+
+    expected = reference(x)
+    assert out.shape == (2, 4, 4, 6)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_keras_style_is_an_option_of_resnet50_only():
     with pytest.raises(UserError, match="keras_style"):
         get_model("resnext50_32x4d", num_classes=3, keras_style=True)

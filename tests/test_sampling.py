@@ -59,3 +59,23 @@ def test_identity_with_fewer_than_K_images_is_sampled_with_replacement():
 def test_more_identities_per_batch_than_the_dataset_has_is_refused():
     with pytest.raises(UserError, match=r"config.P=8 .* \(7\)"):
         PKSampler(_pids(), P=8, K=2, seed=0)
+
+
+@pytest.mark.parametrize("num_ids, P", [(12, 3), (7, 3)])
+def test_every_epoch_draws_each_identity_once_for_any_seed(num_ids, P):
+    # Two images per identity, identities shuffled; 12 ids / P 3: 4 steps cover all; 7 / 3: 2 steps leave one out.
+    pids = np.random.default_rng(1).permutation(np.repeat(np.arange(100, 100 + num_ids), 2))
+    orders = set()
+    for seed in range(6):
+        sampler = PKSampler(pids, P=P, K=2, seed=seed)
+        per_epoch = sampler.steps_per_epoch
+        assert per_epoch == num_ids // P
+        for epoch in range(4):
+            drawn = np.concatenate([
+                pids[sampler.batch_indices(epoch * per_epoch + s)][::2] for s in range(per_epoch)
+            ])
+            assert len(set(drawn)) == len(drawn) == per_epoch * P, (seed, epoch, drawn)
+            if num_ids % P == 0:
+                assert sorted(drawn) == list(range(100, 100 + num_ids)), (seed, epoch)
+            orders.add(tuple(drawn))
+    assert len(orders) == 6 * 4  # every (seed, epoch) reshuffles

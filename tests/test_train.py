@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -25,10 +26,21 @@ def _records(workdir):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """The shared tiny run: read it only; a test that writes to a run works on `_copy_of(trained, tmp_path)`."""
     config = make_tiny_config()
     workdir = str(tmp_path_factory.mktemp("run"))
     final = train_and_evaluate(config, workdir)
     return config, workdir, final
+
+
+def _copy_of(trained, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained[1], workdir)
+    return workdir
+
+
+def _files(workdir):
+    return sorted(os.path.relpath(os.path.join(d, f), workdir) for d, _, names in os.walk(workdir) for f in names)
 
 
 def test_a_run_logs_train_steps_and_evaluations(trained):
@@ -60,23 +72,19 @@ def test_checkpoints_hold_state_and_config(trained):
     assert restored["config"]["loss"] == config.loss and restored["config"]["P"] == config.P
 
 
-def test_eval_on_the_workdir_reproduces_the_final_evaluation(trained):
-    config, workdir, final = trained
+def test_eval_on_the_workdir_reproduces_the_final_evaluation(trained, tmp_path):
+    config, _, final = trained
+    workdir = _copy_of(trained, tmp_path)
+    before = _records(workdir)
     (record,) = evaluate_run(workdir)  # the checkpoint's own config
     for key in EVAL_KEYS:
         assert record[key] == pytest.approx(final[0][key], abs=1e-6)
-    assert _records(workdir)[-1] == record
-
-
-def _copy_run(workdir, tmp_path):
-    import shutil
-
-    return shutil.copytree(workdir, str(tmp_path / "run"))
+    assert _records(workdir) == before + [record]
 
 
 def test_eval_with_flip_saves_features_that_load_with_numpy(trained, tmp_path, tiny_splits):
     _, workdir, final = trained
-    workdir = _copy_run(workdir, tmp_path)
+    workdir = _copy_of(trained, tmp_path)
     path = str(tmp_path / "features.npz")
     (record,) = evaluate_run(workdir, flip=True, metric="cosine", features_path=path)
     assert (record["flip"], record["metric"], record["step"], record["checkpoint"]) == (True, "cosine", 6, "latest")
@@ -104,7 +112,7 @@ def test_eval_with_flip_saves_features_that_load_with_numpy(trained, tmp_path, t
 ])
 def test_eval_refuses_bad_options_and_writes_nothing(trained, tmp_path, kwargs, message):
     _, workdir, _ = trained
-    workdir = _copy_run(workdir, tmp_path)
+    workdir = _copy_of(trained, tmp_path)
     before = _records(workdir)
     with pytest.raises(UserError, match=message):
         evaluate_run(workdir, **kwargs)
@@ -113,7 +121,7 @@ def test_eval_refuses_bad_options_and_writes_nothing(trained, tmp_path, kwargs, 
 
 def test_eval_cli_from_the_workdir_alone(trained, tmp_path):
     _, workdir, final = trained
-    workdir = _copy_run(workdir, tmp_path)
+    workdir = _copy_of(trained, tmp_path)
     ok = subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}", "--checkpoint=3", "--flip"], cwd=ROOT,
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
@@ -126,15 +134,34 @@ def test_eval_cli_from_the_workdir_alone(trained, tmp_path):
     assert "--checkpoint=4" in errors[0] and "holds the steps 3, 6" in errors[0]
 
 
-def test_restarting_a_finished_run_trains_no_further(trained):
-    config, workdir, _ = trained
+def test_restarting_a_finished_run_with_the_same_command_writes_nothing_new(trained, tmp_path):
+    config, _, final = trained
+    workdir = _copy_of(trained, tmp_path)
+    records, files = _records(workdir), _files(workdir)
+    again = train_and_evaluate(make_tiny_config(), workdir)
+    # The final evaluation is repeated in place of the old one (not appended to it): the file reads the same.
+    after = _records(workdir)
+    assert [(r["step"], r.get("dataset")) for r in after] == [(r["step"], r.get("dataset")) for r in records]
+    for old, new in zip(records, after):
+        assert new == pytest.approx(old, abs=1e-6)
+    assert again[0] == pytest.approx(final[0], abs=1e-6)
+    # No checkpoint saved, none removed (the TensorBoard events file gets the evaluation again, in place).
+    is_checkpoint = lambda name: not name.startswith("tensorboard")  # noqa: E731
+    assert [f for f in _files(workdir) if is_checkpoint(f)] == [f for f in files if is_checkpoint(f)]
+    assert checkpoint.checkpoint_manager(workdir, create=False).all_steps() == [3, 6]
+
+
+def test_lengthening_a_finished_run_trains_only_the_new_steps(trained, tmp_path):
+    workdir = _copy_of(trained, tmp_path)
     longer = make_tiny_config()
     longer.num_train_steps = 8
     final = train_and_evaluate(longer, workdir)
     records = _records(workdir)
-    new_steps = [r["step"] for r in records if "dataset" not in r][3:]
-    assert new_steps == [8]  # resumed at 6: no evaluation at step 0 again, steps 7-8 trained
-    assert final[0]["step"] == 8
+    # Resumed at 6: no evaluation at step 0 again, step 6's evaluation kept (no longer the final one), 7-8 trained.
+    assert [(r["step"], "dataset" in r) for r in records] == [
+        (0, True), (2, False), (4, False), (6, False), (6, True), (8, False), (8, True)
+    ]
+    assert final == records[-1:]
 
 
 @pytest.mark.parametrize(
