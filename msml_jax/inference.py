@@ -166,7 +166,7 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
                  features_path=None):
     """Evaluates a checkpoint of `workdir`; appends the records to its metrics.jsonl, prints and returns them."""
     from msml_jax.data import load_eval_sets
-    from msml_jax.training.loop import append_metrics
+    from msml_jax.training.writer import MetricWriter
     from msml_jax.training.validate import validate_config
 
     if features_path:
@@ -182,7 +182,8 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
     if jax.process_index() == 0:
         if features_path:
             save_features(features_path, features)
+        writer = MetricWriter(workdir, tensorboard=False)
         for record in records:
-            append_metrics(workdir, record)
+            writer.write(record)
         print(format_table(records), flush=True)
     return records

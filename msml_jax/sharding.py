@@ -119,3 +119,24 @@ def replicate(tree, mesh):
         return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
     return jax.tree_util.tree_map(put, tree)
+
+
+def prefetch(batches, batch_size, mesh, size=2, keys=("images", "labels")):
+    """Yields `batches` (dicts of this process's numpy rows) with `keys` already on the mesh, `size` ahead.
+
+    The next batch's host-to-device copy is issued before the current step runs (double buffering with
+    size=2), so the devices never wait for a transfer; other keys (e.g. `step`) pass through as they are.
+    """
+    import collections
+
+    queue = collections.deque()
+
+    def put(batch):
+        return {**batch, **global_batch({k: batch[k] for k in keys}, batch_size, mesh)}
+
+    for batch in batches:
+        queue.append(put(batch))
+        if len(queue) >= size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()

@@ -172,7 +172,7 @@ def _num_train_ids():
 
 @pytest.mark.parametrize("dataset", ["cuhk03", "all"])
 def test_paper_steps_per_epoch_come_from_the_loaded_training_split(releases, dataset):
-    from msml_jax.training.loop import setup
+    from msml_jax.training.trainer import setup
 
     config, train, eval_sets, _ = setup(_paper(f"{dataset},resnet50,msml", releases))
     ids = _num_train_ids()

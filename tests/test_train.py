@@ -293,7 +293,7 @@ def _loss_trajectory(config, num_steps):
     from msml_jax.models import model_from_config
     from msml_jax import sharding
     from msml_jax.training import steps as train_steps
-    from msml_jax.training.loop import jit_train_step
+    from msml_jax.training.trainer import jit_train_step
 
     train, _ = load_datasets(config.data)
     model = model_from_config(config, len(np.unique(train["pids"])))

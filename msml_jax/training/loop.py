@@ -5,93 +5,27 @@ while every process takes part in checkpoints (Orbax coordinates them) and in th
 """
 
 import collections
-import functools
-import json
-import math
 import os
 import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
 from msml_jax import sharding
-from msml_jax.data import load_datasets
-from msml_jax.data.pipeline import train_dataset_from_config
-from msml_jax.data.sampling import PKSampler
 from msml_jax.errors import UserError
-from msml_jax.evaluation.evaluator import EvalSettings, Evaluator
-from msml_jax.evaluation.report import COLUMNS as EVAL_COLUMNS
 from msml_jax.evaluation.report import format_table
-from msml_jax.models import load_pretrained, model_from_config
-from msml_jax.training import checkpoint, steps
-from msml_jax.training.schedule import resolve_epochs, steps_per_epoch
-from msml_jax.training.summaries import SummaryWriter
-from msml_jax.training.validate import validate_config
+from msml_jax.training import checkpoint
+from msml_jax.training.trainer import create_trainer
+from msml_jax.training.writer import MetricWriter
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a process stopped by SIGTERM
 
 
 class Preempted(Exception):
     """The run stopped on SIGTERM after committing a checkpoint; the same command continues it."""
-
-
-def append_metrics(workdir, record):
-    """Appends one JSON object as a line of `workdir/metrics.jsonl`."""
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _rewind_metrics(workdir, step, final_step):
-    """Drops the records written after checkpoint `step` (they will be written again), atomically.
-
-    Kept: train records up to `step`, evaluations before `step`, and the evaluation at `step` unless it is the
-    final one (a resumed run repeats the final evaluation). The file then reads as an uninterrupted run's.
-    """
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-
-    def keep(r):
-        if "dataset" in r:
-            return r["step"] < step or (r["step"] == step and step < final_step)
-        return r["step"] <= step
-
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records if keep(r))
-    os.replace(path + ".tmp", path)
-
-
-def setup(config):
-    """(config, train split, eval sets, model) of a run, before any compile or write; user mistakes surface here.
-
-    The config comes back with its schedule in steps: epoch fields (`training.schedule`) resolved with the
-    steps per epoch of the training split actually loaded.
-    """
-    validate_config(config)
-    train, eval_sets = load_datasets(config.data)
-    identities = np.unique(train["pids"])
-    config = resolve_epochs(config, steps_per_epoch(len(identities), config.P))
-    validate_config(config)
-    model = model_from_config(config, len(identities))
-    return config, train, eval_sets, model
-
-
-def jit_train_step(config, mesh):
-    """`steps.train_step` jitted over `mesh`: state replicated, images / labels sharded on "data".
-
-    Returns fn(state, images, labels) -> (state, metrics) with replicated outputs; the state is donated.
-    """
-    repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    return jax.jit(
-        functools.partial(steps.train_step, config=config),
-        in_shardings=(repl, data, data),
-        out_shardings=(repl, repl),
-        donate_argnums=0,
-    )
 
 
 class _StopSignal:
@@ -126,45 +60,40 @@ class _StopSignal:
 
 
 class _Progress:
-    """A tqdm bar per epoch (process 0 only): step, loss, images/s over the last 20 steps, and the run's ETA."""
+    """One tqdm bar for the whole run (process 0 only): epoch, step, images/s over the last 20 steps, ETA, and
+    the loss of the latest log step (the loop fetches metrics only there)."""
 
     def __init__(self, start_step, num_steps, per_epoch, batch_size, enabled):
-        self.num_steps, self.per_epoch, self.batch_size, self.enabled = num_steps, per_epoch, batch_size, enabled
-        self.bar, self.loss = None, float("nan")
+        self.num_steps, self.per_epoch, self.batch_size = num_steps, per_epoch, batch_size
+        self.num_epochs = -(-num_steps // per_epoch)
         self.recent = collections.deque(maxlen=21)  # (time, step) at the end of the last steps
-        self._open(start_step)
+        self.postfix = {}
+        self.bar = None
+        if enabled and start_step < num_steps:
+            self.bar = tqdm.tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                                 mininterval=0.5, desc=self._epoch(start_step))
 
-    def _open(self, step):
-        if not self.enabled or step >= self.num_steps:
-            return
-        epoch = step // self.per_epoch
-        first, last = epoch * self.per_epoch, min((epoch + 1) * self.per_epoch, self.num_steps)
-        num_epochs = -(-self.num_steps // self.per_epoch)
-        self.bar = tqdm.tqdm(
-            total=last - first, initial=step - first, desc=f"epoch {epoch + 1}/{num_epochs}", unit="step",
-            dynamic_ncols=True, mininterval=0.5,
-        )
+    def _epoch(self, step):
+        return f"epoch {min(step // self.per_epoch + 1, self.num_epochs)}/{self.num_epochs}"
 
     def pause(self):
         """Forgets the step times: what comes next (an evaluation) is not training time."""
         self.recent.clear()
 
-    def update(self, step, loss):
-        if not self.enabled:
+    def update(self, step, loss=None):
+        if self.bar is None:
             return
-        self.loss = loss
         self.recent.append((time.perf_counter(), step))
-        postfix = {"step": step, "loss": f"{self.loss:.3f}"}
+        if loss is not None:
+            self.postfix["loss"] = f"{loss:.3f}"
         (t0, s0), (t1, s1) = self.recent[0], self.recent[-1]
         if s1 > s0 and t1 > t0:  # from the second step on: the first one's time is mostly compiling
             rate = (s1 - s0) * self.batch_size / (t1 - t0)
             eta = (self.num_steps - step) * self.batch_size / rate
-            postfix.update(img_s=f"{rate:.0f}", eta=time.strftime("%H:%M:%S", time.gmtime(eta)))
-        self.bar.set_postfix(postfix, refresh=False)
+            self.postfix.update(img_s=f"{rate:.0f}", eta=time.strftime("%H:%M:%S", time.gmtime(eta)))
+        self.bar.set_description(self._epoch(step), refresh=False)
+        self.bar.set_postfix(self.postfix, refresh=False)
         self.bar.update(1)
-        if step % self.per_epoch == 0 or step == self.num_steps:
-            self.close()
-            self._open(step)
 
     def close(self):
         if self.bar is not None:
@@ -172,29 +101,63 @@ class _Progress:
             self.bar = None
 
 
-def _check_finite(metrics, step, manager, workdir):
-    """UserError naming `step` when the loss or gradient is NaN/Inf; pending checkpoints commit first."""
-    if math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"]):
+@jax.jit
+def _watch(guard, metrics, step):
+    """Device-side NaN/Inf watch: (first bad step or -1, its loss, its gradient norm); no host sync per step."""
+    first, loss, grad_norm = guard
+    bad = (first < 0) & ~(jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]))
+    return (jnp.where(bad, step, first), jnp.where(bad, metrics["loss"], loss),
+            jnp.where(bad, metrics["grad_norm"], grad_norm))
+
+
+def _check_finite(guard, manager, workdir):
+    """UserError naming the first step whose loss or gradient was NaN/Inf; pending checkpoints commit first.
+
+    Called where the loop syncs anyway (log steps, before every save), so no non-finite state is ever saved and
+    the stop comes at most log_every_steps after the first bad step, which the message names exactly.
+    """
+    first, loss, grad_norm = (x.item() for x in jax.device_get(guard))
+    if first < 0:
         return
     manager.wait_until_finished()
     good = manager.latest_step()
     where = f"step {good} in {os.path.join(workdir, 'checkpoints')}" if good is not None else "none"
     raise UserError(
-        f"the loss became {metrics['loss']} (gradient norm {metrics['grad_norm']}) at step {step}; training stopped "
-        f"and nothing of step {step} was saved; the latest good checkpoint is {where}: lower config.learning_rate, "
-        f"check the data, or restart from it with --config.allow_config_change=True and a changed config"
+        f"the loss became {loss} (gradient norm {grad_norm}) at step {first}; training stopped "
+        f"and nothing of step {first} or after was saved; the latest good checkpoint is {where}: lower "
+        f"config.learning_rate, check the data, or restart from it with --config.allow_config_change=True and "
+        f"a changed config"
     )
 
 
-def train_and_evaluate(config, workdir):
+def _default_batches(trainer, start_step):
+    """This process's rows of every training batch from `start_step` on, from the tf.data pipeline."""
+    from msml_jax.data.pipeline import train_dataset_from_config  # TensorFlow: only when it feeds the run
+
+    config = trainer.config
+    rows = sharding.local_rows(config.batch_size, trainer.mesh)
+    return train_dataset_from_config(trainer.train, trainer.sampler, config.data, start_step, config.num_train_steps,
+                                     rows).as_numpy_iterator()
+
+
+def _check_workdir(workdir):
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir} is a file, not a directory: pass a directory (it is created if missing)")
+
+
+def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard=True):
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final evaluation records.
+
+    `batches(trainer, start_step)`: an iterable of this process's rows of each training batch from `start_step`
+    on, dicts of numpy `images`, `labels` and `step` (default: the tf.data pipeline); `evaluate=False` skips the
+    evaluations (benchmarks); `tensorboard=False` writes metrics.jsonl only.
 
     Raises UserError on a config mistake, on a config different from the checkpoint's, and on a NaN/Inf loss;
     Preempted after saving a checkpoint on SIGTERM.
     """
-    config, train, eval_sets, model = setup(config)
-    mesh = sharding.make_mesh()
-    sharding.check_batch_size(config.batch_size, mesh)
+    _check_workdir(workdir)
+    trainer = create_trainer(config)
+    config, mesh, per_epoch = trainer.config, trainer.mesh, trainer.per_epoch
     is_main = jax.process_index() == 0
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     # Refuse a changed config before writing anything. Every process looks before any creates the directory.
@@ -207,29 +170,16 @@ def train_and_evaluate(config, workdir):
             checkpoint.check_config_unchanged(checkpoint.restore_config(reader, latest), config, checkpoint_dir)
         reader.close()
 
-    sampler = PKSampler(train["pids"], config.P, config.K, config.seed)
-    per_epoch = steps_per_epoch(len(sampler.identities), config.P)
-    # A bad weights file is a user mistake too: load it before anything is written.
-    variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
-    variables = load_pretrained(variables, config.model)
     os.makedirs(workdir, exist_ok=True)
     manager = checkpoint.checkpoint_manager(workdir, config.max_checkpoints)
     best = checkpoint.best_checkpoint_manager(workdir)
+    writer = MetricWriter(workdir, enabled=is_main, tensorboard=tensorboard)
     start_step = manager.latest_step() or 0
-    # Image size and every augmentation field of config.data (flip, shift, zoom, blur, erasing); this process
-    # decodes and augments only its own rows of each global batch.
-    rows = sharding.local_rows(config.batch_size, mesh)
-    dataset = train_dataset_from_config(train, sampler, config.data, start_step, config.num_train_steps, rows)
-    state = sharding.replicate(steps.create_train_state(model, config, variables), mesh)
     if start_step:
-        state, _ = checkpoint.restore(manager, state)
+        trainer.state, _ = checkpoint.restore(manager, trainer.state)
+        writer.rewind(start_step, config.num_train_steps)
         if is_main:
-            _rewind_metrics(workdir, start_step, config.num_train_steps)
             print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)
-    train_step = jit_train_step(config, mesh)
-    evaluator = Evaluator(model.apply, eval_sets, EvalSettings.from_config(config, mesh.devices.size), mesh)
-    variables = lambda: {"params": state.params, "batch_stats": state.batch_stats}  # noqa: E731
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
     eval_every = config.get("eval_every_steps", 0)
 
     def position(step):
@@ -237,56 +187,61 @@ def train_and_evaluate(config, workdir):
                 "steps_per_epoch": int(per_epoch)}
 
     def run_evaluation(step):
-        records = evaluator(variables(), step)
-        if is_main:
-            for record in records:
-                append_metrics(workdir, record)
-            writer.scalars(step, {f"{r['dataset']}/{k}": r[k] for r in records for k, _ in EVAL_COLUMNS if k in r},
-                           "eval/")
-            writer.flush()
+        if not evaluate:
+            return []
+        records = trainer.evaluator(trainer.variables(), step)
+        for record in records:
+            writer.write(record)
+        writer.flush()
         if step > 0 and step not in best.all_steps():
             mean_map = float(np.mean([r["mAP"] for r in records]))
-            checkpoint.save(best, state, config, position(step), metrics={"mAP": mean_map})
+            checkpoint.save(best, trainer.state, config, position(step), metrics={"mAP": mean_map})
         return records
 
     records = []
     if start_step == 0:
         records += run_evaluation(0)
-        if is_main:
+        if is_main and records:
             print(format_table(records), flush=True)
 
+    batches = (batches or _default_batches)(trainer, start_step)
     progress = _Progress(start_step, config.num_train_steps, per_epoch, config.batch_size, enabled=is_main)
+    repl = sharding.replicated(mesh)
+    guard = jax.device_put((np.int32(-1), np.float32(0), np.float32(0)), repl)
     tick, tick_step = None, start_step
+    state = trainer.state
     try:
         with _StopSignal() as stop:
-            for batch in dataset.as_numpy_iterator():
-                local = {"images": batch["images"], "labels": batch["labels"]}
-                inputs = sharding.global_batch(local, config.batch_size, mesh)
-                state, metrics = train_step(state, inputs["images"], inputs["labels"])
+            # No host sync per step: the host runs ahead, the next batch is on the devices before it is needed,
+            # and metrics are fetched at log steps only.
+            for batch in sharding.prefetch(batches, config.batch_size, mesh):
+                state, metrics = trainer.train_step(state, batch["images"], batch["labels"])
                 step = int(batch["step"]) + 1
-                # One small fetch per step: it keeps the bar and images/s honest, and no NaN reaches a checkpoint.
-                loss, grad_norm = (float(x) for x in jax.device_get((metrics["loss"], metrics["grad_norm"])))
-                _check_finite({"loss": loss, "grad_norm": grad_norm}, step, manager, workdir)
-                if tick is None:  # the first step compiles: start the clock after it
-                    tick, tick_step = time.perf_counter(), step
+                guard = _watch(guard, metrics, step)
                 logged = step % config.log_every_steps == 0 or step == config.num_train_steps
+                preempted = stop.should_stop(step)
+                saving = step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or preempted
+                loss = None
+                if logged or saving:
+                    _check_finite(guard, manager, workdir)
                 if logged:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    now = time.perf_counter()
-                    if step > tick_step:
+                    now, loss = time.perf_counter(), metrics["loss"]
+                    if tick is not None and step > tick_step:
                         metrics["images_per_sec"] = (step - tick_step) * config.batch_size / (now - tick)
                     tick, tick_step = now, step
-                    if is_main:
-                        append_metrics(workdir, {"step": step, **metrics})
-                        writer.scalars(step, metrics, "train/")
-                        writer.flush()
+                    writer.write({"step": step, **metrics})
+                    writer.flush()
+                elif tick is None:  # the first step compiles: start the clock after it
+                    jax.block_until_ready(metrics)
+                    tick, tick_step = time.perf_counter(), step
                 progress.update(step, loss)
-                if eval_every and step % eval_every == 0 and step < config.num_train_steps:
+                trainer.state = state
+                if evaluate and eval_every and step % eval_every == 0 and step < config.num_train_steps:
                     run_evaluation(step)
                     tick, tick_step = time.perf_counter(), step  # images/s counts training time only
                     progress.pause()
-                preempted = stop.should_stop(step)
-                if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or preempted:
+                if saving:
                     checkpoint.save(manager, state, config, position(step), force=preempted)
                 if preempted:
                     manager.wait_until_finished()
@@ -300,8 +255,8 @@ def train_and_evaluate(config, workdir):
         best.wait_until_finished()
         writer.flush()
 
-    final = run_evaluation(int(state.step))
-    if is_main:
+    final = run_evaluation(int(jax.device_get(trainer.state.step)))
+    if is_main and final:
         print(format_table(records + final), flush=True)
     best.wait_until_finished()
     best.close()

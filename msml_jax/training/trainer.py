@@ -1,0 +1,102 @@
+"""A trainer, ready to step: config, data, model, sampler, train state on the mesh and the jitted steps.
+
+`create_trainer(config)` is what the loop, the tests and the benchmarks call instead of wiring these by hand. It
+reads and checks everything but writes nothing: a user mistake (config, data, weights file) surfaces here.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+
+from msml_jax import sharding
+from msml_jax.data import load_datasets
+from msml_jax.data.sampling import PKSampler
+from msml_jax.evaluation.evaluator import EvalSettings, Evaluator
+from msml_jax.models import load_pretrained, model_from_config
+from msml_jax.training import steps
+from msml_jax.training.schedule import resolve_epochs, steps_per_epoch
+from msml_jax.training.validate import validate_config
+
+
+def setup(config):
+    """(config, train split, eval sets, model) of a run, before any compile or write; user mistakes surface here.
+
+    The config comes back with its schedule in steps: epoch fields (`training.schedule`) resolved with the
+    steps per epoch of the training split actually loaded.
+    """
+    validate_config(config)
+    train, eval_sets = load_datasets(config.data)
+    identities = np.unique(train["pids"])
+    config = resolve_epochs(config, steps_per_epoch(len(identities), config.P))
+    validate_config(config)
+    model = model_from_config(config, len(identities))
+    return config, train, eval_sets, model
+
+
+def jit_train_step(config, mesh):
+    """`steps.train_step` jitted over `mesh`: state replicated, images / labels sharded on "data".
+
+    Returns fn(state, images, labels) -> (state, metrics) with replicated outputs; the state is donated.
+    """
+    repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    return jax.jit(
+        functools.partial(steps.train_step, config=config),
+        in_shardings=(repl, data, data),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )
+
+
+def init_state(model, config, mesh):
+    """The initial train state, replicated on `mesh`, created by a jitted function with output shardings.
+
+    From scratch the parameters are initialized on the devices themselves; with `config.model.pretrained` they
+    are initialized and overwritten on the host first (the weight mapping is numpy), then put on the mesh.
+    """
+    repl = sharding.replicated(mesh)
+    key = jax.random.PRNGKey(config.seed)
+    if not config.model.get("pretrained"):
+        def create(key):
+            return steps.create_train_state(model, config, steps.init_variables(model, tuple(config.data.image_size),
+                                                                                key))
+
+        return jax.jit(create, out_shardings=repl)(key)
+    variables = load_pretrained(steps.init_variables(model, tuple(config.data.image_size), key), config.model)
+    variables = sharding.replicate(jax.device_get(variables), mesh)
+    return jax.jit(functools.partial(steps.create_train_state, model, config), out_shardings=repl)(variables)
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything a run steps with; `state` changes as it trains, the rest is fixed."""
+
+    config: Any
+    model: Any
+    mesh: Any
+    train: dict
+    eval_sets: dict
+    sampler: PKSampler
+    per_epoch: int
+    state: Any
+    train_step: Any
+    evaluator: Evaluator
+
+    def variables(self):
+        """The model variables of the current state (what evaluation and export use)."""
+        return {"params": self.state.params, "batch_stats": self.state.batch_stats}
+
+
+def create_trainer(config, mesh=None):
+    """A `Trainer` for `config` over `mesh` (default: every device of every process), state at step 0."""
+    config, train, eval_sets, model = setup(config)
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    sharding.check_batch_size(config.batch_size, mesh)
+    sampler = PKSampler(train["pids"], config.P, config.K, config.seed)
+    per_epoch = steps_per_epoch(len(sampler.identities), config.P)
+    state = init_state(model, config, mesh)
+    evaluator = Evaluator(model.apply, eval_sets, EvalSettings.from_config(config, mesh.devices.size), mesh)
+    return Trainer(config, model, mesh, train, eval_sets, sampler, per_epoch, state, jit_train_step(config, mesh),
+                   evaluator)
