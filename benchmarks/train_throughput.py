@@ -100,7 +100,7 @@ def measure(name, size, dtype, batch, k, num_classes, embed_dim, num_steps, warm
     return batch / seconds, seconds, (flops / batch if flops else None)
 
 
-def measure_loop(name, size, dtype, batch, k, num_classes, embed_dim, num_steps, warmup):
+def measure_loop(name, size, dtype, batch, k, num_classes, embed_dim, num_steps, warmup, checkpoint_every=None):
     """Images/s of the whole training loop over `warmup + num_steps` steps, timed after the warm-up steps.
 
     The loop logs images/s per log interval (10 steps) from the end of its first step on; the figure is the total
@@ -117,7 +117,7 @@ def measure_loop(name, size, dtype, batch, k, num_classes, embed_dim, num_steps,
     config.data.image_size = size
     total = warmup + num_steps
     config.num_train_steps, config.lr_boundaries, config.eval_every_steps = total, (), 0
-    config.log_every_steps, config.checkpoint_every_steps = 10, max(10, total // 2)
+    config.log_every_steps, config.checkpoint_every_steps = 10, checkpoint_every or max(10, total // 2)
     rng = np.random.default_rng(0)
     pool = [rng.integers(0, 256, (batch, *size, 3), np.uint8) for _ in range(4)]
 

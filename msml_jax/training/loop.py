@@ -10,14 +10,13 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 
 from msml_jax import sharding
 from msml_jax.errors import UserError
 from msml_jax.evaluation.report import format_table
-from msml_jax.training import checkpoint
+from msml_jax.training import checkpoint, steps
 from msml_jax.training.trainer import create_trainer
 from msml_jax.training.writer import MetricWriter
 
@@ -99,15 +98,6 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-@jax.jit
-def _watch(guard, metrics, step):
-    """Device-side NaN/Inf watch: (first bad step or -1, its loss, its gradient norm); no host sync per step."""
-    first, loss, grad_norm = guard
-    bad = (first < 0) & ~(jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]))
-    return (jnp.where(bad, step, first), jnp.where(bad, metrics["loss"], loss),
-            jnp.where(bad, metrics["grad_norm"], grad_norm))
 
 
 def _check_finite(guard, manager, workdir):
@@ -207,7 +197,7 @@ def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard
     batches = (batches or _default_batches)(trainer, start_step)
     progress = _Progress(start_step, config.num_train_steps, per_epoch, config.batch_size, enabled=is_main)
     repl = sharding.replicated(mesh)
-    guard = jax.device_put((np.int32(-1), np.float32(0), np.float32(0)), repl)
+    guard = jax.device_put(steps.no_bad_step(), repl)
     tick, tick_step = None, start_step
     state = trainer.state
     try:
@@ -215,9 +205,8 @@ def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard
             # No host sync per step: the host runs ahead, the next batch is on the devices before it is needed,
             # and metrics are fetched at log steps only.
             for batch in sharding.prefetch(batches, config.batch_size, mesh):
-                state, metrics = trainer.train_step(state, batch["images"], batch["labels"])
+                state, metrics, guard = trainer.train_step(state, batch["images"], batch["labels"], guard)
                 step = int(batch["step"]) + 1
-                guard = _watch(guard, metrics, step)
                 logged = step % config.log_every_steps == 0 or step == config.num_train_steps
                 preempted = stop.should_stop(step)
                 saving = step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or preempted

@@ -124,3 +124,17 @@ def train_step(state, images, labels, *, config):
         "grad_norm": optax.tree.norm(grads),
     }
     return state, metrics
+
+
+def no_bad_step():
+    """The initial NaN/Inf watch: (first bad step, its loss, its gradient norm) = (-1, 0, 0)."""
+    return (jnp.int32(-1), jnp.float32(0), jnp.float32(0))
+
+
+def watch_finite(guard, metrics, step):
+    """Updates the NaN/Inf watch `guard` with the `metrics` of `step`: the first step whose loss or gradient norm
+    is not finite is kept with those two values; later steps leave it unchanged."""
+    first, loss, grad_norm = guard
+    bad = (first < 0) & ~(jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]))
+    return (jnp.where(bad, step, first).astype(jnp.int32), jnp.where(bad, metrics["loss"], loss),
+            jnp.where(bad, metrics["grad_norm"], grad_norm))

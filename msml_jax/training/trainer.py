@@ -36,18 +36,28 @@ def setup(config):
     return config, train, eval_sets, model
 
 
-def jit_train_step(config, mesh):
+def jit_train_step(config, mesh, watch=False):
     """`steps.train_step` jitted over `mesh`: state replicated, images / labels sharded on "data".
 
-    Returns fn(state, images, labels) -> (state, metrics) with replicated outputs; the state is donated.
+    Returns fn(state, images, labels) -> (state, metrics) with replicated outputs; the state is donated. With
+    `watch`, fn(state, images, labels, guard) -> (state, metrics, guard) also updates the NaN/Inf watch
+    (`steps.watch_finite`) in the same program, so the loop dispatches one computation per step and never syncs.
     """
     repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    return jax.jit(
-        functools.partial(steps.train_step, config=config),
-        in_shardings=(repl, data, data),
-        out_shardings=(repl, repl),
-        donate_argnums=0,
-    )
+    if not watch:
+        return jax.jit(
+            functools.partial(steps.train_step, config=config),
+            in_shardings=(repl, data, data),
+            out_shardings=(repl, repl),
+            donate_argnums=0,
+        )
+
+    def watched(state, images, labels, guard):
+        state, metrics = steps.train_step(state, images, labels, config=config)
+        return state, metrics, steps.watch_finite(guard, metrics, state.step)
+
+    return jax.jit(watched, in_shardings=(repl, data, data, repl), out_shardings=(repl, repl, repl),
+                   donate_argnums=(0, 3))
 
 
 def init_state(model, config, mesh):
@@ -81,7 +91,7 @@ class Trainer:
     sampler: PKSampler
     per_epoch: int
     state: Any
-    train_step: Any
+    train_step: Any  # fn(state, images, labels, guard) -> (state, metrics, guard): see jit_train_step(watch=True)
     evaluator: Evaluator
 
     def variables(self):
@@ -98,5 +108,5 @@ def create_trainer(config, mesh=None):
     per_epoch = steps_per_epoch(len(sampler.identities), config.P)
     state = init_state(model, config, mesh)
     evaluator = Evaluator(model.apply, eval_sets, EvalSettings.from_config(config, mesh.devices.size), mesh)
-    return Trainer(config, model, mesh, train, eval_sets, sampler, per_epoch, state, jit_train_step(config, mesh),
-                   evaluator)
+    return Trainer(config, model, mesh, train, eval_sets, sampler, per_epoch, state,
+                   jit_train_step(config, mesh, watch=True), evaluator)
