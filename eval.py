@@ -20,6 +20,8 @@ flags.DEFINE_boolean("flip", None, "Flip test: average each image's embedding wi
 flags.DEFINE_enum("metric", None, ["euclidean", "cosine"], "Distance to rank with.")
 flags.DEFINE_string("checkpoint", "latest", "latest | best | STEP.")
 flags.DEFINE_string("save_features", None, "Write the embeddings, pids, camids (tracklets, names) to this .npz.")
+flags.DEFINE_string("visualize", None, "Folder for pictures: ranked lists, distance distributions, training curves.")
+flags.DEFINE_string("export", None, "Export the embedder for serving to this file (jax.export; PATH.json beside it).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -43,12 +45,13 @@ def main(argv):
 
         FLAGS = flags.FLAGS
         workdirs = _workdirs(FLAGS.workdir)
-        if FLAGS.save_features and len(workdirs) > 1:
-            raise UserError("--save_features takes one --workdir: evaluate the runs one at a time to save features")
+        for name in ("save_features", "visualize", "export"):
+            if FLAGS[name].value and len(workdirs) > 1:
+                raise UserError(f"--{name} takes one --workdir: evaluate the runs one at a time for it")
         records = []
         for workdir in workdirs:
             records += evaluate_run(workdir, FLAGS.config, FLAGS.checkpoint, FLAGS.dataset, FLAGS.protocol,
-                                    FLAGS.flip, FLAGS.metric, FLAGS.save_features)
+                                    FLAGS.flip, FLAGS.metric, FLAGS.save_features, FLAGS.visualize, FLAGS.export)
         if len(workdirs) > 1 and ten_split_summaries(records):
             print("\nover the runs:\n" + format_table(records), flush=True)
 

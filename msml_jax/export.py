@@ -28,6 +28,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from msml_jax.evaluation.retrieval import embed_step
 from msml_jax.losses import l2_normalize
 
 __all__ = ["DEFAULT_PLATFORMS", "embedding_fn", "export_embedder", "load_exported"]
@@ -43,19 +44,13 @@ _PREPROCESSING = ("RGB uint8 images resized to input_shape[1:3] (bilinear, as tf
 def embedding_fn(apply_fn, *, flip=False, normalize=False):
     """fn(variables, images uint8 [B, h, w, 3]) -> float32 [B, D]: the embeddings evaluation ranks with.
 
-    The model's `retrieval` output if it has one, else `embeddings` (as training.steps.embed_step does).
+    `evaluation.retrieval.embed_step`: the model's `retrieval` output if it has one, else `embeddings`.
     `flip`: the mean of the image's and its horizontal mirror's embeddings, taken before normalisation.
     `normalize`: then l2-normalised (losses.l2_normalize).
     """
 
     def fn(variables, images):
-        def embed(x):
-            outputs = apply_fn(variables, x, train=False)
-            return outputs.get("retrieval", outputs["embeddings"]).astype(jnp.float32)
-
-        x = embed(images)
-        if flip:
-            x = 0.5 * (x + embed(images[:, :, ::-1, :]))
+        x = embed_step(apply_fn, variables, images, flip=flip)
         return l2_normalize(x) if normalize else x
 
     return fn

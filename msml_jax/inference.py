@@ -1,4 +1,4 @@
-"""Using a trained run: restore a checkpoint with the config it holds, evaluate it, save its features.
+"""Using a trained run: restore a checkpoint with the config it holds; evaluate it, draw it, export it, embed with it.
 
 `python eval.py --workdir DIR` needs nothing else: the checkpoint holds the run's config (model, input size,
 preprocessing, normalization). A config passed explicitly may change where data lies and how evaluation runs,
@@ -163,14 +163,23 @@ def check_output_path(path, suffix):
 
 
 def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, protocol=None, flip=None, metric=None,
-                 features_path=None):
-    """Evaluates a checkpoint of `workdir`; appends the records to its metrics.jsonl, prints and returns them."""
+                 features_path=None, visualize_dir=None, export_path=None):
+    """Evaluates a checkpoint of `workdir`; appends the records to its metrics.jsonl, prints and returns them.
+
+    `features_path`: also write the features (`save_features`); `visualize_dir`: also draw each dataset's
+    ranked lists and distance distributions and the run's training curves there (`draw_run`); `export_path`:
+    also export the embedder for serving (`export_run`).
+    """
     from msml_jax.data import load_eval_sets
     from msml_jax.training.writer import MetricWriter
     from msml_jax.training.validate import validate_config
 
     if features_path:
         check_output_path(features_path, ".npz")
+    if export_path:
+        check_output_path(export_path, "")
+    if visualize_dir and not os.path.isdir(os.path.dirname(os.path.abspath(visualize_dir))):
+        raise UserError(f"--visualize={visualize_dir}: its parent folder does not exist; create it first")
     config, model, variables, step = load_run(workdir, config, checkpoint)
     config = apply_eval_options(config, datasets, protocol, flip, metric)
     validate_config(config)
@@ -186,4 +195,123 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
         for record in records:
             writer.write(record)
         print(format_table(records), flush=True)
+        if visualize_dir:
+            for path in draw_run(visualize_dir, workdir, eval_sets, features, config, step):
+                print(f"wrote {path}", flush=True)
+        if export_path:
+            export_run(export_path, model, variables, config, step)
+            print(f"wrote {export_path} and {export_path}.json", flush=True)
     return records
+
+
+def draw_run(directory, workdir, eval_sets, features, config, step):
+    """PNGs of an evaluated run in `directory`; returns their paths.
+
+    Per dataset: `<dataset>_ranked.png` (the 8 queries of lowest AP, each with its top 10, green frame = same
+    identity, red = another; one frame per tracklet for MARS) and `<dataset>_distances.png` (the paper's Figure
+    3: positive and negative pair distances, margin marked); and `curves.png` from the run's metrics.jsonl.
+    """
+    from msml_jax.data.pipeline import image_reader
+    from msml_jax.evaluation import visualize
+    from msml_jax.evaluation.retrieval import distance_matrix
+
+    os.makedirs(directory, exist_ok=True)
+    settings = EvalSettings.from_config(config)
+    paths = []
+    for name, sets in eval_sets.items():
+        q, g = features[name]["query"], features[name]["gallery"]
+        ids = (q["pids"], g["pids"], q["camids"], g["camids"])
+        read_q, read_g = image_reader(sets["query"]), image_reader(sets["gallery"])
+        distances = distance_matrix(q["embeddings"], g["embeddings"], settings.metric, settings.normalize)
+        path = os.path.join(directory, f"{name}_ranked.png")
+        visualize.ranked_lists(path, lambda i: read_q(q["image_index"][i]), lambda i: read_g(g["image_index"][i]),
+                               distances, *ids, title=f"{name}, step {step}: lowest-AP queries and their top 10")
+        paths.append(path)
+        path = os.path.join(directory, f"{name}_distances.png")
+        visualize.embedding_distance_distributions(path, q["embeddings"], g["embeddings"], *ids,
+                                                   metric=settings.metric, normalize=settings.normalize,
+                                                   margin=config.get("margin"), title=f"{name}, step {step}")
+        paths.append(path)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(metrics):
+        paths.append(os.path.join(directory, "curves.png"))
+        visualize.training_curves(paths[-1], metrics)
+    return paths
+
+
+def export_run(path, model, variables, config, step):
+    """The run's embedder (`msml_jax.export`) at `path`, with the evaluation's flip and normalization."""
+    from msml_jax.export import export_embedder
+
+    settings = EvalSettings.from_config(config)
+    normalize = settings.normalize or settings.metric == "cosine"
+    return export_embedder(path, model.apply, variables, tuple(config.data.image_size), metadata={
+        "flip": settings.flip, "normalize": normalize, "distance": settings.metric, "model": config.model.name,
+        "step": int(step)})
+
+
+class Embedder:
+    """A trained run's embedding function on whatever device is present; needs JAX, not TensorFlow.
+
+        embedder = Embedder.from_workdir("runs/demo")            # or checkpoint="best" | STEP
+        gallery = embedder.embed(["a.jpg", "b.png"])             # files, or uint8 arrays of any size
+        indices, distances = embedder.search(query, gallery, k=10)
+
+    `embed` returns what evaluation ranks with (before normalization; the run's flip test applied), in batches;
+    images are resized to the run's input size with bilinear interpolation (no antialiasing) and rounded, as the
+    evaluation pipeline's tf.image.resize does. `search` ranks with the run's metric (l2-normalized Euclidean by
+    default) and never holds a query x gallery matrix larger than one block.
+    """
+
+    def __init__(self, model, variables, config, step=None, batch_size=64):
+        self.model, self.config, self.step, self.batch_size = model, config, step, batch_size
+        self.settings = EvalSettings.from_config(config)
+        self.variables = jax.device_put(variables)
+        from msml_jax.evaluation.retrieval import embed_step
+
+        self._embed = jax.jit(lambda v, x: embed_step(model.apply, v, x, flip=self.settings.flip))
+
+    @classmethod
+    def from_workdir(cls, workdir, checkpoint="latest", batch_size=64):
+        config, model, variables, step = load_run(workdir, None, checkpoint)
+        return cls(model, variables, config, step, batch_size)
+
+    def _load(self, image):
+        if isinstance(image, (str, os.PathLike)):
+            from PIL import Image
+
+            try:
+                with Image.open(image) as im:
+                    image = np.asarray(im.convert("RGB"))
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot read {image} as an image ({e}): pass image files or uint8 arrays") from e
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise UserError(f"an image must be uint8 [h, w, 3], got {image.dtype} {image.shape}")
+        height, width = self.settings.image_size
+        if image.shape[:2] == (height, width):
+            return image
+        resized = jax.image.resize(image.astype(np.float32), (height, width, 3), "bilinear", antialias=False)
+        return np.asarray(np.clip(np.round(resized), 0, 255), np.uint8)
+
+    def embed(self, images):
+        """float32 [N, D] embeddings of `images` (a sequence of file paths or uint8 [h, w, 3] arrays, or [N, h, w,
+        3]), in batches of `batch_size` padded to one shape (one compile)."""
+        images = list(images)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            batch = np.stack([self._load(im) for im in images[start: start + self.batch_size]])
+            n = len(batch)
+            if n < self.batch_size:
+                batch = np.concatenate([batch, np.repeat(batch[:1], self.batch_size - n, 0)])
+            out.append(np.asarray(self._embed(self.variables, batch))[:n])
+        if not out:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate(out)
+
+    def search(self, query_embeddings, gallery_embeddings, k=10):
+        """(indices int [Q, k], distances float32 [Q, k]) of each query's k nearest gallery embeddings."""
+        from msml_jax.evaluation.search import top_k
+
+        return top_k(query_embeddings, gallery_embeddings, k, metric=self.settings.metric,
+                     normalize=self.settings.normalize)

@@ -132,3 +132,11 @@ def eval_dataset(split, *, batch_size, image_size, rows=None):
 
     num_batches = -(-n // batch_size)
     return tf.data.Dataset.range(num_batches).map(make_batch).prefetch(2)
+
+
+def image_reader(split):
+    """fn(index) -> uint8 [H, W, 3]: one image of `split` at its stored size, decoded on demand (for pictures)."""
+    images = split["images"]
+    if np.asarray(images).dtype.kind in "SO":
+        return lambda i: tf.io.decode_image(bytes(images[i]), channels=3, expand_animations=False).numpy()
+    return lambda i: np.asarray(images[i])

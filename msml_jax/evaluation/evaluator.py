@@ -10,6 +10,10 @@ import numpy as np
 
 from msml_jax.evaluation.protocols import RANKINGS
 from msml_jax.evaluation.retrieval import embed_split, jit_embed_fn
+from msml_jax.evaluation.separation import separation_figures
+
+SEPARATION_FIELDS = ("auc", "neg_closer_than_median_pos", "gap_p95_p5")
+SEPARATION_MAX_PAIRS = 200_000  # above this many query x gallery pairs, a fixed-seed sample (see separation.py)
 
 FEATURE_FIELDS = ("pids", "camids", "tracklet", "file_name")  # kept beside the embeddings when a split has them
 
@@ -50,8 +54,9 @@ class Evaluator:
 
     def features(self, variables):
         """{dataset: {"query": features, "gallery": features}}; features = `embeddings` float32 [N, D] plus the
-        split's pids, camids (and tracklet, file_name when present), one row per image, or per tracklet when the
-        dataset ranks tracklets."""
+        split's pids, camids (and tracklet, file_name when present) and `image_index` (the row's image in the
+        split: for a tracklet, its first frame), one row per image, or per tracklet when the dataset ranks
+        tracklets."""
         return {name: {part: self._embed(variables, sets[part], sets["ranking"]) for part in ("query", "gallery")}
                 for name, sets in self.eval_sets.items()}
 
@@ -63,19 +68,30 @@ class Evaluator:
                                                pooling=s.pooling, **kwargs)
             rows = first  # a tracklet's pid / camid / name: those of its first frame
         else:
-            embeddings, rows = embed_split(self.embed_fn, variables, split, **kwargs), slice(None)
-        out = {"embeddings": embeddings}
+            embeddings = embed_split(self.embed_fn, variables, split, **kwargs)
+            rows = np.arange(len(embeddings))
+        out = {"embeddings": embeddings, "image_index": rows}
         out.update({k: np.asarray(split[k])[rows] for k in FEATURE_FIELDS if k in split})
         return out
 
     def score(self, features, step, distances=None):
-        """One record per dataset from `features` (see `features`); `distances` {dataset: [Q, G]} overrides."""
+        """One record per dataset from `features` (see `features`); `distances` {dataset: [Q, G]} overrides.
+
+        A record holds the protocol's ranking metrics and the separation of positive and negative pair
+        distances (`separation.separation_figures`: auc, neg_closer_than_median_pos, gap_p95_p5; sampled with a
+        fixed seed above SEPARATION_MAX_PAIRS pairs), the paper's Figure 3 as numbers.
+        """
         records = []
         for name, sets in self.eval_sets.items():
             rank = RANKINGS[sets["ranking"]]
             metrics = rank(features[name]["query"], features[name]["gallery"], metric=self.settings.metric,
                            normalize=self.settings.normalize, distances=(distances or {}).get(name))
-            record = {"step": int(step), "dataset": name, "protocol": sets["protocol"], **metrics}
+            q, g = features[name]["query"], features[name]["gallery"]
+            separation = separation_figures(q["embeddings"], g["embeddings"], q["pids"], g["pids"], q["camids"],
+                                            g["camids"], metric=self.settings.metric,
+                                            normalize=self.settings.normalize, max_pairs=SEPARATION_MAX_PAIRS)
+            record = {"step": int(step), "dataset": name, "protocol": sets["protocol"], **metrics,
+                      **{k: float(separation[k]) for k in SEPARATION_FIELDS}}
             if sets.get("trial") is not None:
                 record["trial"] = int(sets["trial"])
             record.update(self.settings.record_fields())
