@@ -24,7 +24,7 @@ from msml_jax.inference import embed_split, retrieval_metrics
 from msml_jax.models import load_pretrained, model_from_config
 from msml_jax.training import checkpoint, parallel, steps
 from msml_jax.training.summaries import SummaryWriter
-from msml_jax.training.validate import validate_config
+from msml_jax.training.validate import check_paths, validate_config
 
 EVAL_COLUMNS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"), ("mINP", "mINP"))
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a process stopped by SIGTERM
@@ -228,6 +228,7 @@ def train_and_evaluate(config, workdir):
     Raises UserError on a config mistake, on a config different from the checkpoint's, and on a NaN/Inf loss;
     Preempted after saving a checkpoint on SIGTERM.
     """
+    check_paths(config, workdir)
     train, eval_sets, model = _setup(config)
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
@@ -238,9 +239,9 @@ def train_and_evaluate(config, workdir):
     parallel.barrier("msml: looked for checkpoints")
     if resuming:
         reader = checkpoint.checkpoint_manager(workdir, create=False)
-        latest = reader.latest_step()
-        if latest is not None:
-            checkpoint.check_config_unchanged(checkpoint.restore_config(reader, latest), config, checkpoint_dir)
+        saved = checkpoint.latest_readable_config(reader)
+        if saved is not None:
+            checkpoint.check_config_unchanged(saved, config, checkpoint_dir)
         reader.close()
 
     sampler = PKSampler(train["pids"], config.P, config.K, config.seed)
@@ -251,14 +252,14 @@ def train_and_evaluate(config, workdir):
     os.makedirs(workdir, exist_ok=True)
     manager = checkpoint.checkpoint_manager(workdir, config.max_checkpoints)
     best = checkpoint.best_checkpoint_manager(workdir)
-    start_step = manager.latest_step() or 0
+    state = parallel.replicate(steps.create_train_state(model, config, variables), mesh)
+    state, start_step = checkpoint.restore_latest_intact(manager, state, config)  # damaged steps moved aside
+    start_step = start_step or 0
     # Image size and every augmentation field of config.data (flip, shift, zoom, blur, erasing); this process
     # decodes and augments only its own rows of each global batch.
     rows = parallel.local_rows(config.batch_size, mesh)
     dataset = train_dataset_from_config(train, sampler, config.data, start_step, config.num_train_steps, rows)
-    state = parallel.replicate(steps.create_train_state(model, config, variables), mesh)
     if start_step:
-        state, _ = checkpoint.restore(manager, state)
         if is_main:
             _rewind_metrics(workdir, start_step, config.num_train_steps)
             print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)
@@ -345,14 +346,14 @@ def train_and_evaluate(config, workdir):
     return final
 
 
-def evaluate_checkpoint(config, workdir):
-    """Restores the latest checkpoint of `workdir`, evaluates it, appends and returns the records."""
+def evaluate_checkpoint(config, workdir, step=None):
+    """Restores the latest checkpoint of `workdir` (or step `step`), evaluates it, appends and returns the records."""
     manager = checkpoint.existing_checkpoint_manager(workdir)
     _, eval_sets, model = _setup(config)
     mesh = parallel.make_mesh()
     variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
     state = parallel.replicate(steps.create_train_state(model, config, variables), mesh)
-    state, _ = checkpoint.restore(manager, state)  # onto every device
+    state, _ = checkpoint.restore_latest_intact(manager, state, config, step=step, move_damaged=False)
     manager.close()
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     records = evaluate(jit_embed_step(model, mesh), variables, eval_sets, config, int(state.step), mesh)
