@@ -21,8 +21,8 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
-import warnings
 
 import jax
 import ml_collections
@@ -87,7 +87,8 @@ def state_digest(state):
     """sha256 over every leaf's path, dtype, shape and bytes; leaves not replicated on this process are skipped.
 
     A replicated leaf spanning several processes is read from this process's own copy, so every process
-    computes the same digest. Cost: one pass over the state on the host (~0.1 s per 100 MB).
+    computes the same digest. Cost: one pass over the state on the host (sha256: 0.6 s for 300 MB, a ResNet-50
+    state, on one core of a loaded 2-core CPU).
     """
     digest = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(serialization.to_state_dict(state))[0]:
@@ -318,8 +319,8 @@ def restore_latest_intact(manager, state, config=None, step=None, move_damaged=T
       state: the TrainState to restore into.
       config: the current config; when given, a checkpoint of another model is a UserError naming the fields.
       step: restore this step only (eval.py --checkpoint); None: the newest intact one.
-      move_damaged: the trainer's choice: damaged newer steps are moved aside (with one warning each) and the
-        next older one is tried. Without it (a reader), a damaged step is a UserError naming it and the others.
+      move_damaged: the trainer's choice: damaged newer steps are moved aside (with one "warning: ..." line each
+        on stderr) and the next older one is tried. Without it (a reader), a damaged step is a UserError naming it and the others.
     Returns:
       (state, step), or (state, None) when `manager` holds no checkpoint.
     Raises:
@@ -341,21 +342,18 @@ def restore_latest_intact(manager, state, config=None, step=None, move_damaged=T
         except DamagedCheckpoint as e:
             damaged.append((candidate, str(e)))
             if not move_damaged:
-                others = [s for s in steps if s != candidate]
-                pick = f"--checkpoint STEP with STEP one of {', '.join(map(str, others))}" if others else (
-                    "retrain: there is no other checkpoint")
+                others = [str(s) for s in steps if s != candidate]
+                pick = (f"evaluate another one with --checkpoint {others[0]} (checkpoints present: "
+                        f"{', '.join(others)})" if others else "there is no other checkpoint: train again")
                 raise UserError(
-                    f"the checkpoint {os.path.join(directory, str(candidate))} is damaged: {e}; evaluate another "
-                    f"with {pick}"
+                    f"the checkpoint {os.path.join(directory, str(candidate))} is damaged: {e}; {pick}"
                 ) from None
             continue
         for bad, reason in damaged:
             target = move_aside(manager, bad)
-            warnings.warn(
-                f"the checkpoint {os.path.join(directory, str(bad))} is damaged ({reason}); moved it aside to "
-                f"{target} and resumed from step {candidate}",
-                stacklevel=2,
-            )
+            if jax.process_index() == 0:  # one line, like the entry points' "error: ..."
+                print(f"warning: the checkpoint {os.path.join(directory, str(bad))} is damaged ({reason}); moved it "
+                      f"aside to {target} and resumed from step {candidate}", file=sys.stderr, flush=True)
         return restored, candidate
     listing = "; ".join(f"step {s}: {reason}" for s, reason in damaged)
     raise UserError(
