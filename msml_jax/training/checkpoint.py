@@ -16,13 +16,13 @@ Not detected: damage to files Orbax does not read back (commit_success.txt), whi
 written before the digests existed are checked for readability only.
 """
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
 import time
+import traceback
 
 import jax
 import ml_collections
@@ -216,11 +216,11 @@ def _model_mismatch(step_dir, target, saved_config, config):
         cause = "; ".join(f"config.{field}: {old!r} in the checkpoint, {new!r} now" for field, old, new in fields)
     else:
         try:
-            with _quiet_asyncio():
-                metadata = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state"))
+            metadata = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state"))
             saved = _leaf_shapes(getattr(metadata, "item_metadata", metadata))
         except Exception as e:  # noqa: BLE001  (any failure to read the metadata is damage)
-            raise DamagedCheckpoint(f"its state metadata cannot be read ({type(e).__name__}: {_short(e)})") from e
+            _mute_abandoned_reads()
+            raise DamagedCheckpoint(f"its state metadata cannot be read ({_short(e)})") from None
         wanted = _leaf_shapes(target)
         if set(saved) != set(wanted):
             raise DamagedCheckpoint(
@@ -238,19 +238,44 @@ def _model_mismatch(step_dir, target, saved_config, config):
     )
 
 
-@contextlib.contextmanager
-def _quiet_asyncio():
-    """Mutes asyncio's logger: a damaged file makes Orbax's pending reads log page-long tracebacks there."""
-    logger = logging.getLogger("asyncio")
-    disabled, logger.disabled = logger.disabled, True
-    try:
-        yield
-    finally:
-        logger.disabled = disabled
+def _is_abandoned_read_noise(text):
+    return "orbax" in text or "tensorstore" in text.lower() or "Event loop is closed" in text
 
 
-def _short(e, limit=200):
-    text = " ".join(str(e).split())
+class _DropAbandonedReadNoise(logging.Filter):
+    def filter(self, record):
+        text = record.getMessage()
+        if record.exc_info:
+            text += "".join(traceback.format_exception(*record.exc_info))
+        return not _is_abandoned_read_noise(text)
+
+
+def _mute_abandoned_reads():
+    """Drops the page-long tracebacks Orbax's abandoned reads of a damaged file print later, at any time.
+
+    They arrive through asyncio's logger ("Task exception was never retrieved") and sys.unraisablehook (when the
+    coroutines are collected, or when tensorstore calls back into a closed event loop). Installed once, on the
+    first damaged file; everything else still goes to the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "msml_drops_abandoned_reads", False):
+        return
+
+    def hook(unraisable):
+        text = "".join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
+        if not _is_abandoned_read_noise(text + repr(unraisable.object)):
+            previous(unraisable)
+
+    hook.msml_drops_abandoned_reads = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_DropAbandonedReadNoise())
+
+
+def _short(e, limit=240):
+    """`Type: message` of the root cause of `e` (Orbax wraps tensorstore's precise error), cut to `limit`."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    text = " ".join(f"{type(e).__name__}: {e}".split())
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -260,7 +285,7 @@ def _read_json(step_dir, item):
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise DamagedCheckpoint(f"{os.path.join(item, 'metadata')} cannot be read ({type(e).__name__}: {_short(e)})") from e
+        raise DamagedCheckpoint(f"{os.path.join(item, 'metadata')} cannot be read ({_short(e)})") from e
 
 
 def _json_items(step_dir):
@@ -286,13 +311,13 @@ def _restore_step(manager, step, state, config):
         if mismatch is not None:
             raise mismatch
     try:
-        with _quiet_asyncio():
-            restored = manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(serialization.to_state_dict(state)))
-            )
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(serialization.to_state_dict(state)))
+        )
         restored = serialization.from_state_dict(state, restored["state"])
     except Exception as e:  # noqa: BLE001  (tensorstore, decompression, OSError, ValueError: all are damage here)
-        raise DamagedCheckpoint(f"its state cannot be read ({type(e).__name__}: {_short(e)})") from e
+        _mute_abandoned_reads()
+        raise DamagedCheckpoint(f"its state cannot be read ({_short(e)})") from None
     if "state_sha256" in position and state_digest(restored) != position["state_sha256"]:
         raise DamagedCheckpoint("its state's values do not match the sha256 recorded in position/metadata")
     return restored, saved_config

@@ -118,7 +118,7 @@ class Choice:
 
 
 class Pair:
-    """Two numbers (low <= first <= second when `ordered`), each valid for `item`."""
+    """Two values, each valid for `item` (and first <= second when `ordered`)."""
 
     def __init__(self, item, ordered=False, what="a pair"):
         self.item, self.ordered, self.what = item, ordered, what
@@ -133,7 +133,7 @@ class Pair:
 
 
 class Names:
-    """Dataset names: a tuple (or one string); empty allowed where `empty` says what it means."""
+    """Dataset names: a tuple of strings (or one string); which names exist is a combination check."""
 
     def problem(self, value):
         names = (value,) if isinstance(value, str) else value
