@@ -28,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import serialization
 
 from msml_jax.errors import UserError
@@ -216,8 +217,9 @@ def _model_mismatch(step_dir, target, saved_config, config):
         cause = "; ".join(f"config.{field}: {old!r} in the checkpoint, {new!r} now" for field, old, new in fields)
     else:
         try:
-            metadata = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state"))
-            saved = _leaf_shapes(getattr(metadata, "item_metadata", metadata))
+            # The handler's own metadata read: a Checkpointer's also looks for (and warns about) step metadata.
+            metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(step_dir) / "state")
+            saved = _leaf_shapes(getattr(metadata, "tree", metadata))
         except Exception as e:  # noqa: BLE001  (any failure to read the metadata is damage)
             _mute_abandoned_reads()
             raise DamagedCheckpoint(f"its state metadata cannot be read ({_short(e)})") from None
