@@ -195,3 +195,18 @@ def test_another_model_is_named_not_taken_for_damage(run, field, value, listing)
                                         r"config it was trained with"):
         checkpoint.restore_latest_intact(manager, template, other, move_damaged=False)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+
+
+def test_allow_config_change_to_another_backbone_is_refused_not_moved_aside(run):
+    _, workdir, _, _ = run
+    other = make_tiny_config()
+    other.model.name, other.allow_config_change = "resnet18", True
+    model = model_from_config(other, 12)
+    images = jax.numpy.zeros((2, *other.data.image_size, 3), jax.numpy.uint8)
+    template = jax.eval_shape(
+        lambda: steps.create_train_state(model, other, model.init(jax.random.PRNGKey(0), images, train=False))
+    )
+    manager = checkpoint.checkpoint_manager(workdir, create=False)
+    with pytest.raises(UserError, match=r"holds another model than the config describes \(\d+ array\(s\) differ"):
+        checkpoint.restore_latest_intact(manager, template, other)  # the trainer's call: damage would be moved
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]

@@ -213,6 +213,8 @@ def _model_mismatch(step_dir, target, saved_config, config):
     cannot be read, or that lacks the model's parameters, is damage (DamagedCheckpoint).
     """
     fields = [d for d in config_differences(saved_config, config) if d[0] in MODEL_FIELDS]
+    if config.get("allow_config_change", False):  # the user vouches for the new values; shapes must still match
+        fields = []
     if fields:
         cause = "; ".join(f"config.{field}: {old!r} in the checkpoint, {new!r} now" for field, old, new in fields)
     else:
@@ -224,16 +226,17 @@ def _model_mismatch(step_dir, target, saved_config, config):
             _mute_abandoned_reads()
             raise DamagedCheckpoint(f"its state metadata cannot be read ({_short(e)})") from None
         wanted = _leaf_shapes(target)
-        if set(saved) != set(wanted):
-            raise DamagedCheckpoint(
-                f"its state metadata lists {len(saved)} arrays, not the model's {len(wanted)} (state/_METADATA)"
-            )
-        differing = sorted(k for k in wanted if saved[k] != wanted[k])
+        if not saved:  # what a damaged _METADATA, _sharding or OCDBT manifest reads as
+            raise DamagedCheckpoint("its state metadata lists no arrays (state/_METADATA or the OCDBT manifest)")
+        if set(saved) != set(wanted) and not config.get("allow_config_change", False):
+            # The model fields agree with the saved (digest-checked) config, so other array names are damage.
+            raise DamagedCheckpoint(f"its state metadata lists {len(saved)} arrays, not the model's {len(wanted)}")
+        differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
         if not differing:
             return None
         key = differing[0]
-        cause = (f"{len(differing)} array(s) differ in shape, e.g. {key}: {saved[key]} in the checkpoint, "
-                 f"{wanted[key]} now; are the training datasets (the number of identities) the same?")
+        cause = (f"{len(differing)} array(s) differ, e.g. {key}: {saved.get(key, 'absent')} in the checkpoint, "
+                 f"{wanted.get(key, 'absent')} now; same backbone, embedding and training datasets?")
     return UserError(
         f"the checkpoint {step_dir} holds another model than the config describes ({cause}): pass the config it "
         f"was trained with (saved in {os.path.join(step_dir, 'config', 'metadata')})"
