@@ -6,11 +6,13 @@ each run; ten-split datasets (VIPeR, PRID2011) trained one run per split get a m
 """
 
 import glob
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from msml_jax.errors import UserError, exit_on_user_error
+from msml_jax.training.validate import check_config_flags
 
 config_flags.DEFINE_config_file("config", None, "Optional: a config to evaluate with instead of the checkpoint's.")
 flags.DEFINE_list("workdir", None, "Run directory (or several, comma-separated; globs allowed) written by train.py.")
@@ -57,4 +59,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    with exit_on_user_error():
+        check_config_flags(sys.argv)  # an unknown --config.FIELD is an ml_collections traceback in app.run
     app.run(main)

@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from msml_jax.errors import exit_on_user_error
+from msml_jax.training.validate import check_config_flags, check_paths, validate_config
 
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module); override fields with --config.FIELD=VALUE.")
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tensorboard/; restarting resumes.")
@@ -25,6 +26,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     with exit_on_user_error():
+        validate_config(flags.FLAGS.config)  # before the heavy imports: a mistake costs a second
+        check_paths(flags.FLAGS.config, flags.FLAGS.workdir)
         from msml_jax import sharding
 
         sharding.initialize_distributed(
@@ -40,4 +43,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    with exit_on_user_error():
+        check_config_flags(sys.argv)  # an unknown --config.FIELD is an ml_collections traceback in app.run
     app.run(main)

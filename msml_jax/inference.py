@@ -64,16 +64,25 @@ def _flatten(tree, prefix=""):
 
 
 def restore_checkpoint(directory, step):
-    """(config dict, {"params", "batch_stats"} of numpy arrays) saved at `step` in `directory`."""
+    """(config dict, {"params", "batch_stats"} of numpy arrays) saved at `step` in `directory`.
+
+    A damaged checkpoint (an unreadable item, or bytes that do not match the sha256 recorded at saving) is a
+    UserError naming it and the other steps to pick with --checkpoint.
+    """
+    from msml_jax.training.checkpoint import DamagedCheckpoint, restore_raw
+
     manager = _manager(directory)
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+        saved_config, state = restore_raw(manager, step)
+    except DamagedCheckpoint as e:
+        others = [str(s) for s in sorted(manager.all_steps(), reverse=True) if s != step]
+        pick = (f"evaluate another one with --checkpoint {others[0]} (checkpoints present: {', '.join(others)})"
+                if others else "there is no other checkpoint here: try --checkpoint best, or train again")
+        raise UserError(f"the checkpoint {os.path.join(directory, str(step))} is damaged: {e}; {pick}") from None
     finally:
         manager.close()
-    state = restored["state"]
     variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
-    return dict(restored["config"]), jax.tree_util.tree_map(np.asarray, variables)
+    return saved_config, jax.tree_util.tree_map(np.asarray, variables)
 
 
 def check_model_fields(saved, config, where):

@@ -171,7 +171,7 @@ def test_lengthening_a_finished_run_trains_only_the_new_steps(trained, tmp_path)
         ({"batch_size": 10}, r"config.batch_size=10 must equal config.P \* config.K = 4 \* 2 = 8"),
         ({"K": 1, "batch_size": 4}, r"set config.P >= 2 and config.K >= 2"),
         ({"P": 1, "batch_size": 2}, r"set config.P >= 2 and config.K >= 2"),
-        ({"num_train_steps": 0}, r"config.num_train_steps must be a positive integer"),
+        ({"num_train_steps": 0}, r"config.num_train_steps=0: set it to a positive number of steps"),
     ],
 )
 def test_config_mistakes_name_the_field(overrides, message):

@@ -19,6 +19,7 @@ from msml_jax.evaluation.report import format_table
 from msml_jax.training import checkpoint, steps
 from msml_jax.training.trainer import create_trainer
 from msml_jax.training.writer import MetricWriter
+from msml_jax.training.validate import check_paths
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a process stopped by SIGTERM
 
@@ -130,11 +131,6 @@ def _default_batches(trainer, start_step):
                                      rows).as_numpy_iterator()
 
 
-def _check_workdir(workdir):
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"--workdir={workdir} is a file, not a directory: pass a directory (it is created if missing)")
-
-
 def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard=True):
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final evaluation records.
 
@@ -145,7 +141,7 @@ def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard
     Raises UserError on a config mistake, on a config different from the checkpoint's, and on a NaN/Inf loss;
     Preempted after saving a checkpoint on SIGTERM.
     """
-    _check_workdir(workdir)
+    check_paths(config, workdir)
     trainer = create_trainer(config)
     config, mesh, per_epoch = trainer.config, trainer.mesh, trainer.per_epoch
     is_main = jax.process_index() == 0
@@ -155,18 +151,19 @@ def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard
     sharding.barrier("msml: looked for checkpoints")
     if resuming:
         reader = checkpoint.checkpoint_manager(workdir, create=False)
-        latest = reader.latest_step()
-        if latest is not None:
-            checkpoint.check_config_unchanged(checkpoint.restore_config(reader, latest), config, checkpoint_dir)
+        saved = checkpoint.latest_readable_config(reader)
+        if saved is not None:
+            checkpoint.check_config_unchanged(saved, config, checkpoint_dir)
         reader.close()
 
     os.makedirs(workdir, exist_ok=True)
     manager = checkpoint.checkpoint_manager(workdir, config.max_checkpoints)
     best = checkpoint.best_checkpoint_manager(workdir)
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=tensorboard)
-    start_step = manager.latest_step() or 0
+    # The newest intact checkpoint; damaged newer ones are moved aside with a warning.
+    trainer.state, start_step = checkpoint.restore_latest_intact(manager, trainer.state, config)
+    start_step = start_step or 0
     if start_step:
-        trainer.state, _ = checkpoint.restore(manager, trainer.state)
         writer.rewind(start_step, config.num_train_steps)
         if is_main:
             print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)

@@ -1,41 +1,470 @@
-"""Checks of a run's config that catch user mistakes before anything is loaded or compiled."""
+"""The one place that knows what a valid config is: every field a run reads, checked before anything is loaded,
+compiled or written.
+
+`FIELDS` declares each field (type, range, default); `validate_config` checks the fields one by one, then their
+combinations, then looks for fields nobody reads (a typo such as `lerning_rate` is named with the closest valid
+field). `check_paths` looks at the directories a run will write; `check_config_flags` at the --config.FIELD
+overrides of a command line, before ml_collections turns an unknown one into a traceback. Every mistake is a
+UserError naming the field, the value and the fix. Imports neither JAX nor TensorFlow: a mistake costs a second.
+"""
+
+import difflib
+import math
+import numbers
+import os
 
 from msml_jax.errors import UserError
-from msml_jax.models import BACKBONES
-from msml_jax.training.steps import METRIC_LOSSES
+
+METRIC_LOSSES = ("cls", "triplet", "quadruplet", "trihard", "msml")  # as training.steps.METRIC_LOSSES
+SOFT_MARGIN_LOSSES = ("msml", "trihard")  # the losses of msml_jax.losses with a soft_margin form
+EVAL_EMBEDDINGS = ("embedding", "bnneck", "features")  # as models.heads.EVAL_EMBEDDINGS
+KERAS_STYLE_BACKBONES = ("resnet50", "resnet101", "small_resnet")
+# Backbone -> total stride with last_stride = 2 (measured with jax.eval_shape; last_stride = 1 halves it). An
+# input smaller than the stride leaves a last feature map computed from padding alone.
+BACKBONE_STRIDES = {
+    "small_resnet": 16,
+    "resnet18": 32,
+    "resnet34": 32,
+    "resnet50": 32,
+    "resnet101": 32,
+    "resnext50_32x4d": 32,
+    "resnet50x": 32,
+    "inception_v2": 32,
+}
+from msml_jax.data import DATASETS, PROTOCOLS, check_protocol  # noqa: E402  (numpy only at import)
+
+TRIALS = 10  # VIPeR / PRID2011 protocol splits
+MAX_IMAGE_SIDE = 4096
+MAX_STEPS = 10**9
+MAX_SIZE = 1 << 20  # batch, identities, embedding: beyond this, surely a typo
+
+
+# ---- Field kinds: each returns None when `value` is valid, else what the field must be. ----
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class Int:
+    def __init__(self, low=None, high=None, optional=False):
+        self.low, self.high, self.optional = low, high, optional
+
+    def problem(self, value):
+        if value is None and self.optional:
+            return None
+        if _is_int(value) and (self.low is None or value >= self.low) and (self.high is None or value <= self.high):
+            return None
+        if self.low in (0, 1) and (self.high is None or self.high >= MAX_SIZE):
+            want = f"{'a positive' if self.low == 1 else 'a non-negative'} integer"
+            want += f" (at most {self.high})" if self.high is not None else ""
+        elif self.low is not None and self.high is not None:
+            want = f"an integer in [{self.low}, {self.high}]"
+        else:
+            want = "an integer"
+        return want + (" or None" if self.optional else "")
+
+
+class Float:
+    def __init__(self, low=None, high=None, low_open=False, high_open=False):
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def problem(self, value):
+        if _is_real(value) and math.isfinite(value):
+            above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+            below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+            if above and below:
+                return None
+        if self.low is None and self.high is None:
+            return "a finite number"
+        if self.high is None:
+            return f"a finite number {'>' if self.low_open else '>='} {self.low}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"a number in {left}{self.low}, {self.high}{right}"
+
+
+class Bool:
+    def problem(self, value):
+        return None if isinstance(value, bool) else "True or False"
+
+
+class Str:
+    def problem(self, value):
+        return None if isinstance(value, str) else "a string"
+
+
+class Choice:
+    def __init__(self, *values):
+        self.values = values
+
+    def problem(self, value):
+        if any(type(value) is type(choice) and value == choice for choice in self.values):
+            return None
+        return f"one of {', '.join(map(repr, self.values))}"
+
+
+class Pair:
+    """Two values, each valid for `item` (and first <= second when `ordered`)."""
+
+    def __init__(self, item, ordered=False, what="a pair"):
+        self.item, self.ordered, self.what = item, ordered, what
+
+    def problem(self, value):
+        want = f"{self.what} of two values, each {self.item.problem(float('nan'))}"
+        if not isinstance(value, (tuple, list)) or len(value) != 2 or any(self.item.problem(v) for v in value):
+            return want
+        if self.ordered and value[0] > value[1]:
+            return f"{self.what} (low, high) with low <= high"
+        return None
+
+
+class Names:
+    """Dataset names: a tuple of strings (or one string); which names exist is a combination check."""
+
+    def problem(self, value):
+        names = (value,) if isinstance(value, str) else value
+        if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
+            return f"a tuple of dataset names among {', '.join(DATASETS)}"
+        return None
+
+
+class Boundaries:
+    def problem(self, value):
+        if isinstance(value, (tuple, list)) and all(_is_int(b) and 0 < b <= MAX_STEPS for b in value):
+            if all(a < b for a, b in zip(value, value[1:])):
+                return None
+        return "a tuple of increasing positive step numbers, e.g. (500, 650)"
+
+
+class Field:
+    def __init__(self, kind, default, required=False):
+        self.kind, self.default, self.required = kind, default, required
+
+
+PROB = Float(0.0, 1.0)
+POSITIVE = Int(1, MAX_SIZE)
+STEPS = Int(1, MAX_STEPS)
+IMAGE_SIDE = Int(1, MAX_IMAGE_SIDE)
+
+# Every field a run reads, dotted as on the command line; `default` is what an absent field means (and, for the
+# required ones, the reference value of configs/synthetic.py, shown in fixes).
+FIELDS = {
+    "seed": Field(Int(0, 2**32 - 1), 0, True),
+    "dtype": Field(Choice("float32", "bfloat16"), "float32", True),
+    "data.name": Field(Choice(*DATASETS), "synthetic", True),
+    "data.seed": Field(Int(0, 2**32 - 1), 0, True),
+    "data.synthetic.num_train_ids": Field(POSITIVE, 300),
+    "data.synthetic.num_test_ids": Field(POSITIVE, 100),
+    "data.synthetic.num_distractors": Field(Int(0, MAX_SIZE), 100),
+    "data.synthetic.num_cameras": Field(Int(2, 1000), 4),
+    "data.synthetic.images_per_camera": Field(Pair(Int(1, 1000), ordered=True, what="a range"), (1, 3)),
+    "data.synthetic.image_size": Field(Pair(IMAGE_SIDE, what="(height, width)"), (64, 32)),
+    "data.synthetic.occlusion_prob": Field(PROB, 0.2),
+    "data.image_size": Field(Pair(IMAGE_SIDE, what="(height, width)"), (64, 32), True),
+    "data.flip": Field(Bool(), True),
+    "data.shift": Field(Float(0.0, 1.0, high_open=True), 0.0),
+    "data.zoom": Field(Float(0.0, 1.0, high_open=True), 0.0),
+    "data.blur_prob": Field(PROB, 0.0),
+    "data.blur_sigma": Field(Float(0.0, 100.0, low_open=True), 1.0),
+    "data.erase_prob": Field(PROB, 0.0),
+    "data.erase_area": Field(Pair(Float(0.0, 1.0, low_open=True), ordered=True, what="a range"), (0.02, 0.4)),
+    "data.erase_aspect": Field(Float(0.0, 1.0, low_open=True), 0.3),
+    "data.train": Field(Names(), ()),
+    "data.eval": Field(Names(), ()),
+    "data.data_dir": Field(Str(), "~/tensorflow_datasets"),
+    "data.manual_dir": Field(Str(), ""),
+    "data.skip_corrupt": Field(Bool(), False),
+    "data.trial": Field(Int(0, TRIALS - 1), 0),
+    "data.protocol": Field(Str(), ""),
+    "data.num_threads": Field(Int(1, 1024, optional=True), None),
+    "model.name": Field(Choice(*BACKBONE_STRIDES), "small_resnet", True),
+    "model.embed_dim": Field(Int(1, 65536), 128, True),
+    "model.last_stride": Field(Choice(1, 2), 2, True),
+    "model.pretrained": Field(Str(), ""),
+    "model.keras_style": Field(Bool(), False),
+    "model.preprocessing": Field(Choice("auto", "imagenet", "caffe", ""), "auto"),
+    "model.bnneck": Field(Bool(), False),
+    "model.dropout": Field(Float(0.0, 1.0, high_open=True), 0.0),
+    "model.eval_embedding": Field(Choice(*EVAL_EMBEDDINGS), "embedding"),
+    "loss": Field(Choice(*METRIC_LOSSES), "msml", True),
+    "margin": Field(Float(0.0, 100.0), 0.3, True),
+    "beta": Field(Float(0.0, 100.0), 0.2, True),
+    "soft_margin": Field(Bool(), False, True),
+    "normalize": Field(Bool(), True, True),
+    "cls_weight": Field(Float(0.0, 1e6), 1.0, True),
+    "label_smoothing": Field(Float(0.0, 1.0, high_open=True), 0.0, True),
+    "P": Field(POSITIVE, 16, True),
+    "K": Field(POSITIVE, 4, True),
+    "batch_size": Field(POSITIVE, 64, True),
+    "learning_rate": Field(Float(0.0, 10.0, low_open=True), 3e-3, True),
+    "lr_boundaries": Field(Boundaries(), (500, 650), True),
+    "lr_decay": Field(Float(0.0, 1.0, low_open=True), 0.1, True),
+    "warmup_steps": Field(Int(0, MAX_STEPS), 0),
+    "num_train_steps": Field(Int(0, MAX_STEPS), 700, True),  # 0: from num_train_epochs (checked below)
+    "log_every_steps": Field(STEPS, 20, True),
+    "checkpoint_every_steps": Field(Int(0, MAX_STEPS), 200, True),  # 0: from checkpoint_every_epochs
+    "max_checkpoints": Field(Int(1, 1000), 3, True),
+    "eval_every_steps": Field(Int(0, MAX_STEPS), 0),
+    "allow_config_change": Field(Bool(), False),
+    "eval_batch_size": Field(POSITIVE, 128, True),
+    # A schedule in epochs (training/schedule.py): each sets its step field, when that is 0 / empty, from the
+    # training split loaded.
+    "num_train_epochs": Field(Int(0, MAX_STEPS), 0),
+    "lr_boundary_epochs": Field(Boundaries(), ()),
+    "checkpoint_every_epochs": Field(Int(0, MAX_STEPS), 0),
+    "eval_every_epochs": Field(Int(0, MAX_STEPS), 0),
+    "eval.flip": Field(Bool(), False),
+    "eval.metric": Field(Choice("euclidean", "cosine"), "euclidean"),
+    "eval.pooling": Field(Choice("avg", "max"), "avg"),
+    "eval.rerank": Field(Bool(), False),
+    "eval.k1": Field(Int(1, 10000), 20),
+    "eval.k2": Field(Int(1, 10000), 6),
+    "eval.lambda_value": Field(PROB, 0.3),
+}
+GROUPS = frozenset({"data", "data.synthetic", "model", "eval"})
+
+
+# ---- Reading a config ----
+
+
+def _as_dict(config):
+    """A plain nested dict of a ConfigDict (or dict), FieldReferences resolved."""
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    return {k: _as_dict(v) if isinstance(v, dict) or hasattr(v, "to_dict") else v for k, v in config.items()}
+
+
+def _walk(tree, prefix=""):
+    """(dotted name, value) of every leaf of a nested dict; a group given as a plain value is a leaf too."""
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name in GROUPS:
+            yield from _walk(value, name + ".")
+        else:
+            yield name, value
+
+
+def _get(tree, name):
+    node = tree
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def closest_fields(name, candidates=None):
+    """Up to 3 valid dotted field names closest to `name` (difflib), best first."""
+    candidates = sorted(FIELDS) if candidates is None else sorted(candidates)
+    matches = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    if not matches:  # a typo in the last part only: compare the leaf names
+        leaf = name.rsplit(".", 1)[-1]
+        leaves = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        matches = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=3, cutoff=0.6)]
+    return matches
+
+
+def _unknown(name, candidates=None, where="the config"):
+    matches = closest_fields(name, candidates)
+    if matches:
+        return UserError(f"unknown field config.{name} in {where}: did you mean config.{matches[0]}?")
+    group = name.rsplit(".", 1)[0] if "." in name else ""
+    siblings = sorted(f.rsplit(".", 1)[-1] for f in (FIELDS if candidates is None else candidates)
+                      if (f.rsplit(".", 1)[0] if "." in f else "") == group)
+    return UserError(f"unknown field config.{name} in {where}: remove it; the fields of "
+                     f"config{'.' + group if group else ''} are {', '.join(siblings)}")
+
+
+def _fail(name, value, want):
+    default = FIELDS[name].default
+    if isinstance(default, tuple):
+        example = f'--config.{name}="{default}"'
+    elif isinstance(default, str):
+        example = f'--config.{name}="{default}"' if default == "" else f"--config.{name}={default}"
+    else:
+        example = f"--config.{name}={default!r}"
+    return UserError(f"config.{name} must be {want}, got {value!r}: set it, e.g. {example}")
+
+
+# ---- Validation ----
 
 
 def validate_config(config):
-    """Raises UserError naming the field and the fix for the first mistake found."""
-    if config.loss not in METRIC_LOSSES:
-        raise UserError(f"unknown loss {config.loss!r} in config.loss: valid names are {', '.join(METRIC_LOSSES)}")
-    if config.model.name not in BACKBONES:
-        raise UserError(
-            f"unknown model {config.model.name!r} in config.model.name: valid names are {', '.join(sorted(BACKBONES))}"
-        )
-    from msml_jax.training.schedule import EPOCH_FIELDS
+    """Raises UserError naming the field, the value and the fix for the first mistake found.
 
-    in_epochs = {steps for epochs, steps in EPOCH_FIELDS if config.get(epochs)}  # set from the data, later
-    for field in ("P", "K", "batch_size", "num_train_steps", "checkpoint_every_steps", "log_every_steps", "eval_batch_size"):
-        value = config[field]
-        if field in in_epochs and value == 0:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UserError(f"config.{field} must be a positive integer, got {value!r}")
-    for field in ("eval_every_steps", "warmup_steps"):  # 0 turns them off
-        value = config.get(field, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise UserError(f"config.{field} must be a non-negative integer (0: off), got {value!r}")
-    if config.loss != "cls" and (config.P < 2 or config.K < 2):
-        raise UserError(
-            f"config.loss={config.loss!r} needs positive and negative pairs in every batch: "
-            f"set config.P >= 2 and config.K >= 2 (got P={config.P}, K={config.K})"
-        )
-    if config.P * config.K != config.batch_size:
-        raise UserError(
-            f"config.batch_size={config.batch_size} must equal config.P * config.K = {config.P} * {config.K} "
-            f"= {config.P * config.K}: change config.batch_size, config.P or config.K"
-        )
-    if config.dtype not in ("float32", "bfloat16"):
-        raise UserError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+    Args:
+      config: a run's ConfigDict (or the nested dict of one). Absent optional fields take their defaults.
+    Checks, in order: unknown fields, each field's type and range, then combinations (batch = P x K, the soft
+    margin only with msml / trihard, the image size against the backbone's stride, the protocol against the
+    datasets, k2 <= k1, ...). Reads nothing from disk.
+    """
+    tree = _as_dict(config)
+    for name, _ in _walk(tree):
+        if name not in FIELDS:
+            if name in GROUPS:
+                raise UserError(f"config.{name} must be a group of fields (a ConfigDict), got {_get(tree, name)!r}")
+            raise _unknown(name)
+    values = {}
+    for name, field in FIELDS.items():
+        value = _get(tree, name)
+        if value is _MISSING:
+            if field.required:
+                raise UserError(f"the config lacks config.{name}: add it (e.g. config.{name} = {field.default!r}, "
+                                f"as in configs/synthetic.py)")
+            value = field.default
+        if name == "loss" and field.kind.problem(value):
+            raise UserError(f"unknown loss {value!r} in config.loss: valid names are {', '.join(METRIC_LOSSES)}")
+        if name == "model.name" and field.kind.problem(value):
+            raise UserError(f"unknown model {value!r} in config.model.name: valid names are "
+                            f"{', '.join(sorted(BACKBONE_STRIDES))}")
+        if name == "data.name" and field.kind.problem(value):
+            raise UserError(f"unknown dataset {value!r} in config.data.name: valid names are {', '.join(DATASETS)}")
+        want = field.kind.problem(value)
+        if want:
+            raise _fail(name, value, want)
+        values[name] = value
+    _check_combinations(values)
 
+
+def _check_combinations(v):
+    loss, P, K, batch = v["loss"], v["P"], v["K"], v["batch_size"]
+    if loss != "cls" and (P < 2 or K < 2):
+        raise UserError(
+            f"config.loss={loss!r} needs positive and negative pairs in every batch: "
+            f"set config.P >= 2 and config.K >= 2 (got P={P}, K={K})"
+        )
+    if P * K != batch:
+        raise UserError(
+            f"config.batch_size={batch} must equal config.P * config.K = {P} * {K} = {P * K}: change "
+            f"config.batch_size, config.P or config.K"
+        )
+    if v["soft_margin"] and loss not in SOFT_MARGIN_LOSSES:
+        raise UserError(
+            f"config.soft_margin=True but config.loss={loss!r} has no soft-margin form (only "
+            f"{' and '.join(SOFT_MARGIN_LOSSES)} have one): set --config.soft_margin=False or --config.loss=trihard"
+        )
+    name, last_stride = v["model.name"], v["model.last_stride"]
+    stride = BACKBONE_STRIDES[name] // (2 if last_stride == 1 else 1)
+    height, width = v["data.image_size"]
+    if min(height, width) < stride:
+        raise UserError(
+            f"config.data.image_size={(height, width)} is smaller than the total stride {stride} of "
+            f"config.model.name={name!r} (last_stride={last_stride}): use at least ({stride}, {stride}), "
+            f"e.g. --config.data.image_size=\"(128, 64)\""
+        )
+    if v["model.eval_embedding"] == "bnneck" and not v["model.bnneck"]:
+        raise UserError("config.model.eval_embedding='bnneck' needs config.model.bnneck=True: set it, or choose "
+                        "config.model.eval_embedding='embedding'")
+    if v["model.keras_style"] and name not in KERAS_STYLE_BACKBONES:
+        raise UserError(f"config.model.keras_style=True is only for resnet50/resnet101 (Keras's layout), not "
+                        f"{name!r}: set --config.model.keras_style=False")
+    train = v["data.train"] or (v["data.name"],)
+    train = (train,) if isinstance(train, str) else tuple(train)
+    evaluated = v["data.eval"] or train
+    evaluated = (evaluated,) if isinstance(evaluated, str) else tuple(evaluated)
+    for field, names in (("data.train", train), ("data.eval", evaluated)):
+        for dataset in names:
+            if dataset not in PROTOCOLS:
+                raise UserError(f"unknown dataset {dataset!r} in config.{field}: valid names are "
+                                f"{', '.join(DATASETS)}")
+    if len(set(train)) != len(train):
+        raise UserError(f"config.data.train={train} names a dataset twice: list each once")
+    check_protocol(v["data.protocol"], evaluated)
+    for steps, epochs in (("num_train_steps", "num_train_epochs"), ("checkpoint_every_steps", "checkpoint_every_epochs")):
+        if v[steps] == 0 and not v[epochs]:
+            raise UserError(f"config.{steps}=0: set it to a positive number of steps, or config.{epochs} to a "
+                            f"positive number of epochs (steps are then counted from the training split)")
+    if v["eval.k2"] > v["eval.k1"]:
+        raise UserError(f"config.eval.k2={v['eval.k2']} must be at most config.eval.k1={v['eval.k1']}: "
+                        f"lower k2 or raise k1 (the paper's values: k1=20, k2=6)")
+
+
+# ---- Paths ----
+
+
+def _writable_dir_problem(path):
+    """Why `path` cannot be (created and) written as a directory, or None."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            return "is a file, not a directory"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return "is not writable"
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"cannot be created: {parent} is a file"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable"
+    return None
+
+
+def check_paths(config, workdir):
+    """UserError when `workdir`, or the TFDS data_dir a real dataset needs, cannot be created or written.
+
+    Looks only (os.access): nothing is created.
+    """
+    if not isinstance(workdir, str) or not workdir:
+        raise UserError("--workdir is empty: name the run's directory, e.g. --workdir runs/demo")
+    problem = _writable_dir_problem(workdir)
+    if problem:
+        raise UserError(f"--workdir {workdir} {problem}: pick another --workdir")
+    tree = _as_dict(config)
+    data = tree.get("data", {})
+    names = []
+    for field in ("train", "eval"):
+        value = data.get(field) or ()
+        names += [value] if isinstance(value, str) else list(value)
+    names = names or [data.get("name", "synthetic")]
+    if all(name == "synthetic" for name in names):
+        return
+    data_dir = os.path.expanduser(data.get("data_dir") or "~/tensorflow_datasets")
+    if os.path.isdir(data_dir):
+        return  # reading a prepared dataset needs no write; building one reports its own errors
+    problem = _writable_dir_problem(data_dir)
+    if problem:
+        raise UserError(f"config.data.data_dir={data_dir!r} {problem}: pass another --config.data.data_dir")
+
+
+# ---- Command lines ----
+
+
+def check_config_flags(argv):
+    """UserError for a --config.FIELD=VALUE override naming no field of the --config file.
+
+    ml_collections would stop on it with an AttributeError traceback while parsing flags, before any entry
+    point runs; call this first (see train.py).
+    """
+    path, overrides = None, []
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "--config":
+            path = next(args, None)
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg.startswith(("--config.", "--noconfig.")):
+            overrides.append(arg.split("config.", 1)[1].split("=", 1)[0])
+    if not path or not overrides:
+        return
+    file, _, arg = path.partition(":")
+    if not os.path.isfile(file):
+        raise UserError(f"--config {path}: no such file: name a config file, e.g. --config configs/synthetic.py")
+    from msml_jax.config_files import load_config
+
+    try:
+        config = load_config(file, arg or None)
+    except ValueError as e:  # a parameterized config's own message (configs/paper.py:DATASET,BACKBONE,LOSS)
+        raise UserError(str(e)) from None
+    tree = _as_dict(config)
+    present = {name for name, _ in _walk(tree)}
+    for name in overrides:
+        if _get(tree, name) is _MISSING:
+            raise _unknown(name, present, where=f"--config.{name} (fields of {file})")
