@@ -177,3 +177,13 @@ def test_bad_inputs():
         rerank.k_reciprocal_rerank(q_g * 0, q_q * 0, g_g * 0, k1=3, k2=1)
     with pytest.raises(ValueError, match="metric"):
         rerank.k_reciprocal_rerank_blocks(q, g, k1=3, k2=1, metric="sqeuclidean")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_neighbour_selection_orders_ties_by_index(dtype):
+    # Many exact ties (small integers): the k smallest by (value, index) = a stable argsort's prefix,
+    # on both selection paths (one int64 key for float32, lexsort otherwise).
+    rng = np.random.default_rng(2)
+    m = rng.integers(0, 6, (37, 3000)).astype(dtype)
+    for k in (1, 5, 21):
+        np.testing.assert_array_equal(rerank._smallest_k(m, k), np.argsort(m, axis=1, kind="stable")[:, :k])

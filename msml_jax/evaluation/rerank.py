@@ -110,13 +110,34 @@ def _check_row_max(row_max: np.ndarray, first: int) -> None:
 
 
 def _smallest_k(m: np.ndarray, k: int) -> np.ndarray:
-    """``[b, k]`` column indices of each row's k smallest values, by (value, index)."""
+    """``[b, k]`` column indices of each row's k smallest values, by (value, index); no NaN."""
     b, n = m.shape
-    kth = np.partition(m, k - 1, axis=1)[:, k - 1] if k < n else m.max(axis=1)
-    rows, cols = np.nonzero(m <= kth[:, None])  # row-major: columns ascending
-    order = np.lexsort((m[rows, cols], rows))  # stable: ties keep the column order
-    start = np.searchsorted(rows[order], np.arange(b))
-    return cols[order][start[:, None] + np.arange(k)]
+    # The k-th smallest of a subset of a row bounds the row's k-th smallest
+    # from above: every entry <= it is a candidate (~k * stride of them).
+    stride = max(1, n // (64 * k))
+    sample = m[:, ::stride]
+    bound = np.partition(sample, k - 1, axis=1)[:, k - 1] if k < sample.shape[1] else sample.max(axis=1)
+    flat = np.flatnonzero(m <= bound[:, None])
+    rows, cols = np.divmod(flat, n)
+    vals = m.reshape(-1)[flat]
+    col_bits, row_bits = int(n - 1).bit_length(), int(b - 1).bit_length()
+    if m.dtype == np.float32 and (vals >= 0).all() and row_bits + 31 + col_bits <= 63:
+        # One int64 key (row, value, column): a non-negative float32's bit
+        # pattern orders like its value (+0.0 only: -0.0 >= 0 but has the sign bit).
+        bits = (vals + np.float32(0)).view(np.int32).astype(np.int64)
+        key = np.sort((((rows << 31) | bits) << col_bits) | cols)
+        rows, cols = key >> (31 + col_bits), key & ((1 << col_bits) - 1)
+    else:
+        order = np.lexsort((cols, vals, rows))
+        rows, cols = rows[order], cols[order]
+    start = np.searchsorted(rows, np.arange(b))
+    return cols[start[:, None] + np.arange(k)]
+
+
+def _transpose_into(out: np.ndarray, src: np.ndarray, tile: int = 64) -> None:
+    """``out[:] = src.T`` in tiles of source rows: reads stay within cache lines (~4x faster)."""
+    for r0 in range(0, src.shape[0], tile):
+        out[:, r0:r0 + tile] = src[r0:r0 + tile].T
 
 
 # --------------------------------------------------------------------------
@@ -146,11 +167,11 @@ class _Matrices:
         q = self.num_query
         out = np.empty((i1 - i0, q + self.num_gallery), self.dtype)
         if i1 <= q:
-            out[:, :q] = self.q_q[:, i0:i1].T
+            _transpose_into(out[:, :q], self.q_q[:, i0:i1])
             out[:, q:] = self.q_g[i0:i1]
         else:
-            out[:, :q] = self.q_g[:, i0 - q:i1 - q].T
-            out[:, q:] = self.g_g[:, i0 - q:i1 - q].T
+            _transpose_into(out[:, :q], self.q_g[:, i0 - q:i1 - q])
+            _transpose_into(out[:, q:], self.g_g[:, i0 - q:i1 - q])
         return self._square(out)
 
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -353,34 +374,36 @@ def _gallery_index(indptr, cols, vals, num_query: int):
 
 
 def _shared_mass(q0, q1, indptr, cols, vals, index, num_gallery) -> np.ndarray:
-    """t[q, g] = sum_j min(V[q, j], V[Q + g, j]) for queries [q0, q1), float32 ``[q1 - q0, G]``."""
+    """t[q, g] = sum_j min(V[q, j], V[Q + g, j]) for queries [q0, q1), float32 ``[q1 - q0, G]``.
+
+    Summed in float32 over ascending j, as the published loop does.
+    """
     col_ptr, g_rows, g_vals = index
-    t = np.empty((q1 - q0, num_gallery), np.float32)
-    # per query: the number of (query entry, gallery entry) pairs it expands to
+    t = np.zeros((q1 - q0, num_gallery), np.float32)
+    flat_t = t.reshape(-1)
+    # pairs (query entry, gallery entry) up to each query, to cut the work in pieces
     e0, e1 = indptr[q0], indptr[q1]
     ent_len = col_ptr[cols[e0:e1] + 1] - col_ptr[cols[e0:e1]]
-    bounds = np.concatenate([[0], np.cumsum(ent_len)])[indptr[q0 + 1:q1 + 1] - e0]  # pairs up to each query
+    bounds = np.concatenate([[0], np.cumsum(ent_len)])[indptr[q0 + 1:q1 + 1] - e0]
     a = q0
     while a < q1:
         # queries [a, b): about _JACCARD_PAIRS pairs (at least one query)
         base = bounds[a - q0 - 1] if a > q0 else 0
-        b = max(a + 1, q0 + int(np.searchsorted(bounds, base + _JACCARD_PAIRS, "right")))
-        b = min(b, q1)
+        b = min(q1, max(a + 1, q0 + int(np.searchsorted(bounds, base + _JACCARD_PAIRS, "right"))))
         s, e = indptr[a], indptr[b]
         c, v = cols[s:e], vals[s:e]
         lens = col_ptr[c + 1] - col_ptr[c]
         idx = _ranges(col_ptr[c], lens)
-        rep = np.repeat(np.arange(e - s), lens)
-        local = np.repeat(np.repeat(np.arange(b - a), np.diff(indptr[a:b + 1])), lens)
-        mins = np.minimum(v[rep], g_vals[idx])
-        t[a - q0:b - q0] = np.bincount(local * num_gallery + g_rows[idx], weights=mins,
-                                       minlength=(b - a) * num_gallery).reshape(b - a, num_gallery)
+        local = np.repeat(np.repeat(np.arange(a - q0, b - q0), np.diff(indptr[a:b + 1])), lens)
+        # Within a query the entries come by ascending column j: np.add.at adds
+        # each (q, g)'s terms in the published order.
+        np.add.at(flat_t, local * num_gallery + g_rows[idx], np.minimum(np.repeat(v, lens), g_vals[idx]))
         a = b
     return t
 
 
 def _rerank(source, k1, k2, lambda_value, qg_blocks) -> Iterator[Tuple[slice, np.ndarray]]:
-    """The re-ranked ``[b, G]`` blocks; ``qg_blocks(col_max)`` yields (rows, D2[Q + g, q] block)."""
+    """The re-ranked ``[b, G]`` blocks; ``qg_blocks`` yields (rows, D2[Q + g, q] block, float32)."""
     num_q = source.num_query
     top, col_max = source.neighbours(k1 + 1)
     indptr, cols = _expansion_sets(top, k1)
@@ -391,10 +414,16 @@ def _rerank(source, k1, k2, lambda_value, qg_blocks) -> Iterator[Tuple[slice, np
     index = _gallery_index(indptr, cols, vals, num_q)
     for rows, d2 in qg_blocks:
         q0, q1 = rows.start, rows.stop
-        t = _shared_mass(q0, q1, indptr, cols, vals, index, source.num_gallery)
-        jaccard = 1 - t / (2.0 - t)
-        original = d2 / col_max[q0:q1, None]
-        yield rows, jaccard * (1 - lambda_value) + original * lambda_value
+        # In place, float32, the published expression:
+        # (1 - t / (2 - t)) * (1 - lambda) + (D2 / col_max) * lambda.
+        out = _shared_mass(q0, q1, indptr, cols, vals, index, source.num_gallery)
+        np.divide(out, 2.0 - out, out=out)
+        np.subtract(1, out, out=out)
+        np.multiply(out, 1 - lambda_value, out=out)
+        original = np.divide(d2, col_max[q0:q1, None], out=d2 if d2.flags.writeable else None)
+        np.multiply(original, lambda_value, out=original)
+        np.add(out, original, out=out)
+        yield rows, out
 
 
 def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
