@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Tuple
 
@@ -162,17 +163,27 @@ class _Matrices:
     def _square(self, d: np.ndarray) -> np.ndarray:
         return np.square(d.astype(self.dtype, copy=False)).astype(np.float32, copy=False)
 
-    def columns(self, i0: int, i1: int) -> np.ndarray:
-        """``D2[:, i0:i1].T``, float32 ``[i1 - i0, N]``; [i0, i1) within queries or within gallery."""
+    def columns(self, i0: int, i1: int, buf: np.ndarray, buf32: np.ndarray | None) -> np.ndarray:
+        """``D2[:, i0:i1].T``, float32 ``[i1 - i0, N]``; [i0, i1) within queries or within gallery.
+
+        Written into ``buf`` (``[>= i1 - i0, N]``, the inputs' dtype) and, unless
+        that is float32, ``buf32``: reused buffers spare the page faults of
+        fresh 64 MiB arrays.
+        """
         q = self.num_query
-        out = np.empty((i1 - i0, q + self.num_gallery), self.dtype)
+        out = buf[: i1 - i0]
         if i1 <= q:
             _transpose_into(out[:, :q], self.q_q[:, i0:i1])
             out[:, q:] = self.q_g[i0:i1]
         else:
             _transpose_into(out[:, :q], self.q_g[:, i0 - q:i1 - q])
             _transpose_into(out[:, q:], self.g_g[:, i0 - q:i1 - q])
-        return self._square(out)
+        np.square(out, out=out)
+        if buf32 is None:
+            return out
+        out32 = buf32[: i1 - i0]
+        out32[...] = out
+        return out32
 
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """``D2[j, i]`` for index arrays, float32."""
@@ -189,9 +200,12 @@ class _Matrices:
         out[m] = self.g_g[j[m] - q, i[m] - q]
         return self._square(out)
 
-    def query_gallery(self, q0: int, q1: int) -> np.ndarray:
-        """``D2[Q + g, q]`` for queries [q0, q1), float32 ``[q1 - q0, G]``."""
-        return self._square(self.q_g[q0:q1])
+    def query_gallery(self, q0: int, q1: int, out: np.ndarray) -> np.ndarray:
+        """``D2[Q + g, q]`` for queries [q0, q1) into ``out``, float32 ``[q1 - q0, G]``."""
+        if self.q_g.dtype == self.dtype == np.float32:
+            return np.square(self.q_g[q0:q1], out=out)
+        out[...] = self._square(self.q_g[q0:q1])
+        return out
 
     def neighbours(self, k: int):
         """(``[N, k]`` int64 nearest items by (M, index), ``[N]`` float32 maxima of D2's columns)."""
@@ -200,10 +214,14 @@ class _Matrices:
         col_max = np.empty(n, np.float32)
         rows = search.block_rows_for(n, n, _NEIGHBOUR_BLOCK_BYTES)
         blocks = [(a, min(a + rows, end)) for lo, end in ((0, q), (q, n)) for a in range(lo, end, rows)]
+        local = threading.local()
 
         def work(block):
             i0, i1 = block
-            d2 = self.columns(i0, i1)
+            if not hasattr(local, "buf"):
+                local.buf = np.empty((rows, n), self.dtype)
+                local.buf32 = None if self.dtype == np.float32 else np.empty((rows, n), np.float32)
+            d2 = self.columns(i0, i1, local.buf, local.buf32)
             mx = d2.max(axis=1)
             _check_row_max(mx, i0)
             col_max[i0:i1] = mx
@@ -373,13 +391,14 @@ def _gallery_index(indptr, cols, vals, num_query: int):
     return col_ptr, g_rows[order], vals[lo:][order]
 
 
-def _shared_mass(q0, q1, indptr, cols, vals, index, num_gallery) -> np.ndarray:
-    """t[q, g] = sum_j min(V[q, j], V[Q + g, j]) for queries [q0, q1), float32 ``[q1 - q0, G]``.
+def _shared_mass(q0, q1, indptr, cols, vals, index, t: np.ndarray) -> np.ndarray:
+    """t[q, g] = sum_j min(V[q, j], V[Q + g, j]) for queries [q0, q1), into float32 ``t`` ``[q1 - q0, G]``.
 
     Summed in float32 over ascending j, as the published loop does.
     """
     col_ptr, g_rows, g_vals = index
-    t = np.zeros((q1 - q0, num_gallery), np.float32)
+    num_gallery = t.shape[1]
+    t[...] = 0
     flat_t = t.reshape(-1)
     # pairs (query entry, gallery entry) up to each query, to cut the work in pieces
     e0, e1 = indptr[q0], indptr[q1]
@@ -402,8 +421,11 @@ def _shared_mass(q0, q1, indptr, cols, vals, index, num_gallery) -> np.ndarray:
     return t
 
 
-def _rerank(source, k1, k2, lambda_value, qg_blocks) -> Iterator[Tuple[slice, np.ndarray]]:
-    """The re-ranked ``[b, G]`` blocks; ``qg_blocks`` yields (rows, D2[Q + g, q] block, float32)."""
+def _rerank(source, k1, k2, lambda_value, qg_blocks, out=None) -> Iterator[Tuple[slice, np.ndarray]]:
+    """The re-ranked ``[b, G]`` blocks; ``qg_blocks`` yields (rows, D2[Q + g, q] block, float32).
+
+    With ``out`` (``[Q, G]`` float32) the blocks are views of it.
+    """
     num_q = source.num_query
     top, col_max = source.neighbours(k1 + 1)
     indptr, cols = _expansion_sets(top, k1)
@@ -416,14 +438,15 @@ def _rerank(source, k1, k2, lambda_value, qg_blocks) -> Iterator[Tuple[slice, np
         q0, q1 = rows.start, rows.stop
         # In place, float32, the published expression:
         # (1 - t / (2 - t)) * (1 - lambda) + (D2 / col_max) * lambda.
-        out = _shared_mass(q0, q1, indptr, cols, vals, index, source.num_gallery)
-        np.divide(out, 2.0 - out, out=out)
-        np.subtract(1, out, out=out)
-        np.multiply(out, 1 - lambda_value, out=out)
+        blk = np.empty((q1 - q0, source.num_gallery), np.float32) if out is None else out[q0:q1]
+        _shared_mass(q0, q1, indptr, cols, vals, index, blk)
+        np.divide(blk, 2.0 - blk, out=blk)
+        np.subtract(1, blk, out=blk)
+        np.multiply(blk, 1 - lambda_value, out=blk)
         original = np.divide(d2, col_max[q0:q1, None], out=d2 if d2.flags.writeable else None)
         np.multiply(original, lambda_value, out=original)
-        np.add(out, original, out=out)
-        yield rows, out
+        np.add(blk, original, out=blk)
+        yield rows, blk
 
 
 def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
@@ -455,10 +478,11 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
     _check_params(k1, k2, lambda_value, num_q + num_g)
     out = np.empty((num_q, num_g), np.float32)
     rows = search.block_rows_for(num_q, num_g, _OUTPUT_BLOCK_BYTES)
-    qg = ((slice(a, min(a + rows, num_q)), source.query_gallery(a, min(a + rows, num_q)))
+    buf = np.empty((rows, num_g), np.float32)
+    qg = ((slice(a, min(a + rows, num_q)), source.query_gallery(a, min(a + rows, num_q), buf[:num_q - a]))
           for a in range(0, num_q, rows))
-    for sl, blk in _rerank(source, k1, k2, lambda_value, qg):
-        out[sl] = blk
+    for _ in _rerank(source, k1, k2, lambda_value, qg, out=out):
+        pass
     return out
 
 
