@@ -111,3 +111,19 @@ def test_errors():
         search.evaluate_ranking_blocks([(slice(0, 10), dist[:10])], q_pids, g_pids, q_cams, g_cams)
     with pytest.raises(ValueError, match="no valid query"):
         search.evaluate_ranking_blocks([(slice(0, 13), dist)], q_pids + 100, g_pids, q_cams, g_cams)
+
+
+def test_large_blocks_are_evaluated_in_pieces(monkeypatch):
+    # Blocks larger than what one evaluate_ranking call gets are cut into row pieces.
+    q, g, q_pids, g_pids, q_cams, g_cams = integer_problem(seed=7)
+    dist = exact_distances(q, g, "euclidean")
+    calls = []
+    real = search.evaluate_ranking
+    monkeypatch.setattr(search, "_EVAL_BLOCK_BYTES", 2 * 4 * len(g))  # two rows
+    monkeypatch.setattr(search, "evaluate_ranking", lambda d, *a, **k: calls.append(len(d)) or real(d, *a, **k))
+    got = search.evaluate_ranking_blocks([(slice(0, 13), dist)], q_pids, g_pids, q_cams, g_cams, max_rank=10)
+    want = real(dist, q_pids, g_pids, q_cams, g_cams, max_rank=10)
+    assert max(calls) == 2 and len(calls) > 3
+    np.testing.assert_array_equal(got["cmc"], want["cmc"])
+    assert got["mAP"] == pytest.approx(want["mAP"], rel=1e-12)
+    assert got["mINP"] == pytest.approx(want["mINP"], rel=1e-12)

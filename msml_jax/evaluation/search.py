@@ -42,6 +42,9 @@ __all__ = ["METRICS", "distance_blocks", "top_k", "evaluate_ranking_blocks",
 # small enough to keep a 10^6 gallery evaluation within a few hundred MiB.
 _DEFAULT_BLOCK_BYTES = 128 << 20
 
+# Distances handed to one evaluate_ranking call (it needs several times that).
+_EVAL_BLOCK_BYTES = 32 << 20
+
 # Norm floor shared with losses.l2_normalize (a zero row stays zero).
 _NORM_EPS = 1e-12
 
@@ -300,16 +303,21 @@ def evaluate_ranking_blocks(blocks: Iterable[Tuple[slice, np.ndarray]], q_pids, 
         if seen[start:stop].any():
             raise ValueError(f"block for queries [{start}, {stop}) overlaps an earlier block")
         seen[start:stop] = True
-        n_valid = int(valid[start:stop].sum())
-        if n_valid == 0:
-            continue
-        res = evaluate_ranking(dist, q_pids[start:stop], g_pids, q_camids[start:stop], g_camids,
-                               max_rank=int(max_rank), ap_mode=ap_mode)
-        # cmc = cumulative hit count / n_valid: the counts are integers.
-        cmc_hits += np.rint(res["cmc"] * n_valid)
-        ap_sum += res["mAP"] * n_valid
-        inp_sum += res["mINP"] * n_valid
-        num_valid += n_valid
+        # evaluate_ranking's working memory is several times its input: give it at most
+        # _EVAL_BLOCK_BYTES of distances at a time, whatever the size of the blocks.
+        rows = block_rows_for(stop - start, num_g, _EVAL_BLOCK_BYTES)
+        for a in range(start, stop, rows):
+            b = min(a + rows, stop)
+            n_valid = int(valid[a:b].sum())
+            if n_valid == 0:
+                continue
+            res = evaluate_ranking(dist[a - start:b - start], q_pids[a:b], g_pids, q_camids[a:b], g_camids,
+                                   max_rank=int(max_rank), ap_mode=ap_mode)
+            # cmc = cumulative hit count / n_valid: the counts are integers.
+            cmc_hits += np.rint(res["cmc"] * n_valid)
+            ap_sum += res["mAP"] * n_valid
+            inp_sum += res["mINP"] * n_valid
+            num_valid += n_valid
     if not seen.all():
         missing = np.flatnonzero(~seen)
         raise ValueError(f"the blocks miss {missing.size} queries (first: {missing[0]})")
