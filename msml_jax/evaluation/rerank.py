@@ -34,9 +34,10 @@ Differences from the published code, all below float32 rounding except ties:
   * Ties: the published ``np.argsort`` (unstable) orders equal distances
     arbitrarily; here equal values of M are ordered by item index.  Without
     ties the neighbour lists are identical.
-  * Sums (normalizing weights, Jaccard minima) accumulate in float64, then
-    round to float32; the published sums accumulate in float32.  Results
-    differ by a few float32 ulps (~1e-7).
+  * The weights' normalizing sums accumulate in float64 (then round to
+    float32), the expansion's means add in another order: V differs from the
+    published one by float32 rounding (~1e-7 relative).  The Jaccard sums and
+    the final combination are float32 in the published order.
   * From embeddings, distances are computed in blocks (``search.block_distance``),
     not from the three given matrices, so they differ from a dense
     ``pairwise_distance`` by matmul rounding.
