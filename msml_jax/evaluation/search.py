@@ -19,7 +19,7 @@ Distances are those of ``msml_jax.losses.pairwise_distance`` (``"euclidean"``,
 ``"sqeuclidean"`` or ``"cosine"``), computed the same way (float32, highest
 matmul precision); normalize embeddings first (``losses.l2_normalize``) where
 the dense evaluation does.  The gallery is put on the device once: pass a JAX
-array to avoid that copy (on the CPU backend a NumPy gallery costs one copy).
+array to avoid that copy (on the CPU backend a NumPy gallery costs one copy in host memory).
 """
 
 from __future__ import annotations
@@ -66,31 +66,20 @@ def _check_metric(metric: str) -> None:
         raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
 
 
-def _to_device(x: np.ndarray) -> jax.Array:
-    """``x`` on the default device; on the CPU backend without a copy where possible.
-
-    A C-contiguous, writeable float32 array whose data is 64-byte aligned is
-    shared through DLPack (a 10^6 x 256 gallery is 1 GiB); anything else is
-    copied.  The shared array is only read, during the call.
-    """
-    if (jax.default_backend() == "cpu" and x.dtype == np.float32 and x.flags.c_contiguous
-            and x.flags.writeable and x.ctypes.data % 64 == 0):
-        try:
-            return jax.dlpack.from_dlpack(x)
-        except Exception:  # pragma: no cover - a JAX or NumPy without this path
-            pass
-    return jnp.asarray(x)
-
-
 def _as_embeddings(name: str, x) -> jax.Array:
-    """``x`` as a 2-D float32 JAX array on the default device, rejecting NaN/inf."""
+    """``x`` as a 2-D float32 JAX array on the default device (a JAX array is not copied); rejects NaN/inf.
+
+    (Sharing a NumPy array's memory through DLPack would spare the CPU backend
+    a copy, but XLA then releases it from its own threads and, at interpreter
+    exit, aborts the process now and then: JAX 0.7 / NumPy 2.4.)
+    """
     if not isinstance(x, jax.Array):
         x = np.asarray(x)
         if x.dtype.kind not in "fiu":
             raise ValueError(f"{name} must be a real array, got dtype {x.dtype}")
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D [num, dim], got shape {tuple(x.shape)}")
-    x = _to_device(x) if isinstance(x, np.ndarray) else x
+    x = jnp.asarray(x)
     dtype = jnp.promote_types(x.dtype, jnp.float32)
     if x.dtype != dtype:
         x = x.astype(dtype)
@@ -156,17 +145,14 @@ def _padded_blocks(query: jax.Array, block_rows: int):
 
 
 def _prepare(query_emb, gallery_emb, metric):
+    """(query, gallery) as float32 device arrays."""
     _check_metric(metric)
     query = _as_embeddings("query_emb", query_emb)
     gallery = _as_embeddings("gallery_emb", gallery_emb)
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(f"query_emb and gallery_emb dimensions differ: {query.shape[1]} vs "
-                         f"{gallery.shape[1]}")
-    if gallery.shape[0] == 0:
-        raise ValueError("gallery_emb is empty")
-    dtype = jnp.promote_types(query.dtype, gallery.dtype)
-    return (query if query.dtype == dtype else query.astype(dtype),
-            gallery if gallery.dtype == dtype else gallery.astype(dtype))
+    if query.shape[1] != gallery.shape[1] or gallery.shape[0] == 0:
+        raise ValueError(f"query_emb [{query.shape[0]}, {query.shape[1]}] and gallery_emb [{gallery.shape[0]}, "
+                         f"{gallery.shape[1]}]: dimensions differ or the gallery is empty")
+    return query, gallery
 
 
 def _check_block_rows(block_rows, num_q, num_g, max_block_bytes):
