@@ -1,0 +1,335 @@
+"""Query x gallery distances, top-k retrieval and ranking metrics in query blocks.
+
+Nothing here holds the whole ``[Q, G]`` distance matrix: queries are taken in
+blocks of ``b`` rows, each block's ``[b, G]`` distances are computed on the
+default JAX device (one jitted program, compiled once: the last block is
+padded) and consumed before the next one is made.  Memory grows with
+``b * G`` (about ``max_block_bytes``, 128 MiB by default), not with ``Q * G``.
+
+* ``distance_blocks``: the ``(query slice, [b, G] float32 numpy)`` blocks.
+* ``top_k``: the ``k`` nearest gallery items of every query, exactly as the
+  first ``k`` columns of a stable ``argsort`` of the full distance rows (ties
+  by gallery index), selected on the device per block (``jax.lax.top_k``).
+* ``evaluate_ranking_blocks``: the dense ``evaluate_ranking`` (Market-1501
+  protocol) applied to each block of rows and combined; accepts any blocks,
+  e.g. re-ranked ones from ``msml_jax.evaluation.rerank``.
+* ``evaluate_ranking_blocked``: both of the above, from embeddings.
+
+Distances are those of ``msml_jax.losses.pairwise_distance`` (``"euclidean"``,
+``"sqeuclidean"`` or ``"cosine"``), computed the same way (float32, highest
+matmul precision); normalize embeddings first (``losses.l2_normalize``) where
+the dense evaluation does.  The gallery is put on the device once: pass a JAX
+array to avoid that copy (on the CPU backend a NumPy gallery costs one copy in host memory).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable, Iterator, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msml_jax.evaluation.ranking import AP_MODES, evaluate_ranking
+from msml_jax.losses import METRICS, l2_normalize
+
+__all__ = ["METRICS", "distance_blocks", "top_k", "evaluate_ranking_blocks",
+           "evaluate_ranking_blocked", "block_rows_for"]
+
+# Default size of one [b, G] float32 distance block: large enough that the
+# per-block costs (launch, evaluate_ranking's O(G) bookkeeping) are amortized,
+# small enough to keep a 10^6 gallery evaluation within a few hundred MiB.
+_DEFAULT_BLOCK_BYTES = 128 << 20
+
+# Distances handed to one evaluate_ranking call (it needs several times that).
+_EVAL_BLOCK_BYTES = 32 << 20
+
+# Norm floor shared with losses.l2_normalize (a zero row stays zero).
+_NORM_EPS = 1e-12
+
+
+def block_rows_for(num_rows: int, row_elements: int, max_block_bytes: int = _DEFAULT_BLOCK_BYTES,
+                   itemsize: int = 4) -> int:
+    """Rows per block so that a ``[b, row_elements]`` block stays within ``max_block_bytes``.
+
+    The rows are split evenly (the last, padded block wastes little), and ``b``
+    is at least 1 and at most ``num_rows``.
+    """
+    cap = max(1, int(max_block_bytes) // max(1, row_elements * itemsize))
+    num_blocks = -(-max(num_rows, 1) // cap)
+    return max(1, min(num_rows, -(-num_rows // num_blocks)))
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+
+
+def _as_embeddings(name: str, x) -> jax.Array:
+    """``x`` as a 2-D float32 JAX array on the default device (a JAX array is not copied); rejects NaN/inf.
+
+    (Sharing a NumPy array's memory through DLPack would spare the CPU backend
+    a copy, but XLA then releases it from its own threads and, at interpreter
+    exit, aborts the process now and then: JAX 0.7 / NumPy 2.4.)
+    """
+    if not isinstance(x, jax.Array):
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiu":
+            raise ValueError(f"{name} must be a real array, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [num, dim], got shape {tuple(x.shape)}")
+    x = jnp.asarray(x)
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    if x.dtype != dtype:
+        x = x.astype(dtype)
+    if not bool(_all_finite(x)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+# max |x| propagates NaN and inf; jitted it fuses into one reduction (isfinite(x).all()
+# materializes a [G, D] bool array on the CPU backend).
+_all_finite = jax.jit(lambda x: jnp.isfinite(jnp.max(jnp.abs(x))))
+
+
+@functools.partial(jax.jit, static_argnames=("metric",))
+def gallery_aux(gallery: jax.Array, metric: str) -> jax.Array:
+    """Per gallery row: squared norm (euclidean metrics) or inverse norm (cosine), ``[G]``."""
+    sq = jnp.sum(gallery * gallery, axis=-1)
+    if metric == "cosine":
+        return jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS))
+    return sq
+
+
+def block_distance(query: jax.Array, gallery: jax.Array, aux: jax.Array, metric: str) -> jax.Array:
+    """``[b, G]`` distances of ``losses.pairwise_distance`` (traceable, no gradient care).
+
+    ``aux = gallery_aux(gallery, metric)``, computed once for the whole gallery
+    (so the gallery is never normalized or copied per block).  Exact zeros are
+    ``+0.0``, so negated distances tie as the distances do.
+    """
+    hi = jax.lax.Precision.HIGHEST
+    if metric == "cosine":
+        cos = jnp.matmul(l2_normalize(query), gallery.T, precision=hi) * aux[None, :]
+        dist = jnp.clip(1.0 - cos, 0.0, 2.0)
+    else:
+        sq_q = jnp.sum(query * query, axis=-1)
+        dist = jnp.maximum(sq_q[:, None] + aux[None, :] - 2.0 * jnp.matmul(query, gallery.T, precision=hi),
+                           0.0)
+        if metric == "euclidean":
+            dist = jnp.sqrt(dist)
+    return jnp.where(dist > 0, dist, 0.0)
+
+
+_block_distance = jax.jit(block_distance, static_argnames=("metric",))
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "k"))
+def _block_top_k(query, gallery, aux, metric, k):
+    # lax.top_k puts the lower index first among equal values: with the
+    # distances negated this is the stable ascending order.
+    neg, idx = jax.lax.top_k(-block_distance(query, gallery, aux, metric), k)
+    return idx, -neg
+
+
+def _padded_blocks(query: jax.Array, block_rows: int):
+    """Yields (slice, [block_rows, D] query block), the last one zero-padded."""
+    num_q = query.shape[0]
+    for q0 in range(0, num_q, block_rows):
+        q1 = min(q0 + block_rows, num_q)
+        blk = query[q0:q1]
+        if q1 - q0 < block_rows:
+            blk = jnp.pad(blk, ((0, block_rows - (q1 - q0)), (0, 0)))
+        yield slice(q0, q1), blk
+
+
+def _prepare(query_emb, gallery_emb, metric):
+    """(query, gallery) as float32 device arrays."""
+    _check_metric(metric)
+    query = _as_embeddings("query_emb", query_emb)
+    gallery = _as_embeddings("gallery_emb", gallery_emb)
+    if query.shape[1] != gallery.shape[1] or gallery.shape[0] == 0:
+        raise ValueError(f"query_emb [{query.shape[0]}, {query.shape[1]}] and gallery_emb [{gallery.shape[0]}, "
+                         f"{gallery.shape[1]}]: dimensions differ or the gallery is empty")
+    return query, gallery
+
+
+def _check_block_rows(block_rows, num_q, num_g, max_block_bytes):
+    if block_rows is None:
+        return block_rows_for(num_q, num_g, max_block_bytes)
+    if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
+        raise ValueError(f"block_rows must be a positive integer, got {block_rows!r}")
+    return int(min(block_rows, max(num_q, 1)))
+
+
+def distance_blocks(query_emb, gallery_emb, metric: str = "euclidean", *, block_rows: int | None = None,
+                    max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> Iterator[Tuple[slice, np.ndarray]]:
+    """Query x gallery distances, one block of query rows at a time.
+
+    Args:
+        query_emb: ``[Q, D]`` embeddings (NumPy or JAX).
+        gallery_emb: ``[G, D]`` embeddings.
+        metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"`` (as
+            ``losses.pairwise_distance``).
+        block_rows: queries per block; default: as many as fit ``max_block_bytes``.
+
+    Yields:
+        ``(rows, dist)``: ``rows`` a ``slice`` of query indices in increasing
+        order, covering ``range(Q)``; ``dist`` float32 ``[len(rows), G]``.
+    """
+    query, gallery = _prepare(query_emb, gallery_emb, metric)
+    block_rows = _check_block_rows(block_rows, query.shape[0], gallery.shape[0], max_block_bytes)
+    return _distance_block_iter(query, gallery, metric, block_rows)
+
+
+def _distance_block_iter(query, gallery, metric, block_rows):
+    aux = gallery_aux(gallery, metric)
+    for rows, blk in _padded_blocks(query, block_rows):
+        dist = np.asarray(_block_distance(blk, gallery, aux, metric))
+        yield rows, dist[: rows.stop - rows.start]
+
+
+def top_k(query_emb, gallery_emb, k: int, metric: str = "euclidean", *, block_rows: int | None = None,
+          max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest gallery items of every query.
+
+    Returns:
+        ``(indices, distances)``: int64 ``[Q, k]`` gallery indices and float32
+        ``[Q, k]`` distances, in the order of a stable ascending sort of each
+        full distance row (equal distances: smaller gallery index first).
+
+    Raises:
+        ValueError: for ``k`` outside ``[1, G]``, mismatched shapes, NaN/inf
+            embeddings or an unknown metric.
+    """
+    query, gallery = _prepare(query_emb, gallery_emb, metric)
+    num_q, num_g = query.shape[0], gallery.shape[0]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_g:
+        raise ValueError(f"k must be an integer in [1, num_gallery = {num_g}], got {k!r}")
+    block_rows = _check_block_rows(block_rows, num_q, num_g, max_block_bytes)
+    aux = gallery_aux(gallery, metric)
+    indices = np.empty((num_q, k), np.int64)
+    distances = np.empty((num_q, k), np.float32)
+    for rows, blk in _padded_blocks(query, block_rows):
+        idx, dist = _block_top_k(blk, gallery, aux, metric, int(k))
+        n = rows.stop - rows.start
+        indices[rows] = np.asarray(idx)[:n]
+        distances[rows] = np.asarray(dist)[:n]
+    return indices, distances
+
+
+def _int_ids(name, x):
+    a = np.asarray(x)
+    integral = a.dtype.kind in "iu" or (a.dtype.kind == "f" and bool(np.all(a == np.round(a))))
+    if a.ndim != 1 or not integral:
+        raise ValueError(f"{name} must be a 1-D array of integers, got shape {a.shape} dtype {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
+def _has_valid_match(q_pids, g_pids, q_camids, g_camids) -> np.ndarray:
+    """``[Q]`` bool: the query has a gallery entry of its pid from another camera."""
+    _, pid_code = np.unique(np.concatenate([q_pids, g_pids]), return_inverse=True)
+    cams, cam_code = np.unique(np.concatenate([q_camids, g_camids]), return_inverse=True)
+    num_q = q_pids.shape[0]
+    key = pid_code.astype(np.int64) * len(cams) + cam_code
+    pid_sorted = np.sort(pid_code[num_q:])
+    key_sorted = np.sort(key[num_q:])
+    same_pid = (np.searchsorted(pid_sorted, pid_code[:num_q], "right")
+                - np.searchsorted(pid_sorted, pid_code[:num_q], "left"))
+    same_cam = (np.searchsorted(key_sorted, key[:num_q], "right")
+                - np.searchsorted(key_sorted, key[:num_q], "left"))
+    return same_pid > same_cam
+
+
+def evaluate_ranking_blocks(blocks: Iterable[Tuple[slice, np.ndarray]], q_pids, g_pids, q_camids, g_camids,
+                            max_rank: int = 50, ap_mode: str = "mean_precision") -> dict:
+    """``evaluate_ranking`` over distances given as blocks of query rows.
+
+    Each block ``(rows, dist)`` (``rows`` a slice of query indices, ``dist``
+    ``[len(rows), G]``; the blocks must cover every query exactly once, in any
+    order) is evaluated by the dense ``evaluate_ranking`` and the results are
+    combined, weighted by each block's valid queries: the CMC counts are
+    recovered as integers, so ``cmc`` and ``num_valid_queries`` are bitwise
+    those of the dense call on the assembled matrix, and ``mAP``/``mINP``
+    equal it up to float64 rounding of the average (~1e-16).
+
+    Returns:
+        the dict of ``evaluate_ranking``: ``cmc`` (float64 ``[max_rank]``),
+        ``mAP``, ``mINP`` and ``num_valid_queries``.
+
+    Raises:
+        ValueError: as ``evaluate_ranking`` (NaN, no valid query, bad
+            arguments), or when the blocks overlap or miss queries.  A block
+            without any valid query is skipped unread.
+    """
+    if ap_mode not in AP_MODES:
+        raise ValueError(f"unknown ap_mode {ap_mode!r}; valid modes: {', '.join(AP_MODES)}")
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
+    q_pids, g_pids = _int_ids("q_pids", q_pids), _int_ids("g_pids", g_pids)
+    q_camids, g_camids = _int_ids("q_camids", q_camids), _int_ids("g_camids", g_camids)
+    num_q, num_g = q_pids.shape[0], g_pids.shape[0]
+    if q_camids.shape[0] != num_q or g_camids.shape[0] != num_g:
+        raise ValueError(f"camids lengths ({q_camids.shape[0]}, {g_camids.shape[0]}) do not match pids "
+                         f"lengths ({num_q}, {num_g})")
+    valid = _has_valid_match(q_pids, g_pids, q_camids, g_camids)
+
+    seen = np.zeros(num_q, bool)
+    cmc_hits = np.zeros(int(max_rank), np.float64)
+    ap_sum = inp_sum = 0.0
+    num_valid = 0
+    for rows, dist in blocks:
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise ValueError(f"block rows must be a contiguous slice, got {rows!r}")
+        start, stop, _ = rows.indices(num_q)
+        if np.shape(dist) != (stop - start, num_g):
+            raise ValueError(f"block for queries [{start}, {stop}) has shape {np.shape(dist)}, "
+                             f"expected {(stop - start, num_g)}")
+        if seen[start:stop].any():
+            raise ValueError(f"block for queries [{start}, {stop}) overlaps an earlier block")
+        seen[start:stop] = True
+        # evaluate_ranking's working memory is several times its input: give it at most
+        # _EVAL_BLOCK_BYTES of distances at a time, whatever the size of the blocks.
+        rows = block_rows_for(stop - start, num_g, _EVAL_BLOCK_BYTES)
+        for a in range(start, stop, rows):
+            b = min(a + rows, stop)
+            n_valid = int(valid[a:b].sum())
+            if n_valid == 0:
+                continue
+            res = evaluate_ranking(dist[a - start:b - start], q_pids[a:b], g_pids, q_camids[a:b], g_camids,
+                                   max_rank=int(max_rank), ap_mode=ap_mode)
+            # cmc = cumulative hit count / n_valid: the counts are integers.
+            cmc_hits += np.rint(res["cmc"] * n_valid)
+            ap_sum += res["mAP"] * n_valid
+            inp_sum += res["mINP"] * n_valid
+            num_valid += n_valid
+    if not seen.all():
+        missing = np.flatnonzero(~seen)
+        raise ValueError(f"the blocks miss {missing.size} queries (first: {missing[0]})")
+    if num_valid == 0:
+        raise ValueError("no valid query: every query lacks a matching gallery entry "
+                         "(same pid, different camera) after junk removal")
+    return {
+        "cmc": cmc_hits / num_valid,
+        "mAP": float(ap_sum / num_valid),
+        "mINP": float(inp_sum / num_valid),
+        "num_valid_queries": num_valid,
+    }
+
+
+def evaluate_ranking_blocked(query_emb, gallery_emb, q_pids, g_pids, q_camids, g_camids,
+                             metric: str = "euclidean", max_rank: int = 50, ap_mode: str = "mean_precision",
+                             *, block_rows: int | None = None,
+                             max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> dict:
+    """CMC / mAP / mINP of ranking the gallery by ``metric``, never holding ``[Q, G]``.
+
+    The result is that of ``evaluate_ranking(pairwise_distance(q, g, metric), ...)``
+    (same keys, see ``evaluate_ranking_blocks`` for the equality), with
+    memory of one ``[block_rows, G]`` block (about ``max_block_bytes``) plus
+    ``evaluate_ranking``'s working memory on it.
+    """
+    blocks = distance_blocks(query_emb, gallery_emb, metric, block_rows=block_rows,
+                             max_block_bytes=max_block_bytes)
+    return evaluate_ranking_blocks(blocks, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
+                                   ap_mode=ap_mode)
