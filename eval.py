@@ -20,6 +20,10 @@ flags.DEFINE_list("dataset", None, "Datasets to evaluate (default: the run's con
 flags.DEFINE_string("protocol", None, "Protocol for the datasets that have it (e.g. classic for cuhk03).")
 flags.DEFINE_boolean("flip", None, "Flip test: average each image's embedding with its mirror's.")
 flags.DEFINE_enum("metric", None, ["euclidean", "cosine"], "Distance to rank with.")
+flags.DEFINE_boolean("rerank", None, "k-reciprocal re-ranking (Zhong et al. 2017) of the query x gallery distances.")
+flags.DEFINE_integer("rerank_k1", None, "Re-ranking k1 (default config.eval.k1 = 20), at most the gallery size.")
+flags.DEFINE_integer("rerank_k2", None, "Re-ranking k2, local query expansion (default 6; 1: none), at most k1.")
+flags.DEFINE_float("rerank_lambda", None, "Re-ranking weight of the original distance (default 0.3), in [0, 1].")
 flags.DEFINE_string("checkpoint", "latest", "latest | best | STEP.")
 flags.DEFINE_string("save_features", None, "Write the embeddings, pids, camids (tracklets, names) to this .npz.")
 flags.DEFINE_string("visualize", None, "Folder for pictures: ranked lists, distance distributions, training curves.")
@@ -50,10 +54,13 @@ def main(argv):
         for name in ("save_features", "visualize", "export"):
             if FLAGS[name].value and len(workdirs) > 1:
                 raise UserError(f"--{name} takes one --workdir: evaluate the runs one at a time for it")
+        rerank = {"rerank": FLAGS.rerank, "k1": FLAGS.rerank_k1, "k2": FLAGS.rerank_k2,
+                  "lambda_value": FLAGS.rerank_lambda}
         records = []
         for workdir in workdirs:
             records += evaluate_run(workdir, FLAGS.config, FLAGS.checkpoint, FLAGS.dataset, FLAGS.protocol,
-                                    FLAGS.flip, FLAGS.metric, FLAGS.save_features, FLAGS.visualize, FLAGS.export)
+                                    FLAGS.flip, FLAGS.metric, FLAGS.save_features, FLAGS.visualize, FLAGS.export,
+                                    rerank)
         if len(workdirs) > 1 and ten_split_summaries(records):
             print("\nover the runs:\n" + format_table(records), flush=True)
 

@@ -86,4 +86,8 @@ def get_config():
     config.eval.flip = False  # flip test: average the embeddings of each image and its mirror
     config.eval.metric = "euclidean"  # euclidean (of l2-normalized embeddings when config.normalize) | cosine
     config.eval.pooling = "avg"  # tracklet datasets (MARS): avg | max of the frame features
+    config.eval.rerank = False  # k-reciprocal re-ranking (Zhong et al. 2017) of the query x gallery distances
+    config.eval.k1 = 20  # its k1 (k-reciprocal neighbours), at most the gallery size
+    config.eval.k2 = 6  # its k2 (local query expansion; 1: none), in [1, k1]
+    config.eval.lambda_value = 0.3  # weight of the original distance, in [0, 1]
     return config

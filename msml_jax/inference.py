@@ -135,7 +135,7 @@ def load_run(workdir, config=None, checkpoint="latest"):
     return config, model_of(config, variables, where), variables, step
 
 
-def apply_eval_options(config, datasets=None, protocol=None, flip=None, metric=None):
+def apply_eval_options(config, datasets=None, protocol=None, flip=None, metric=None, rerank=None):
     """A copy of `config` with eval.py's options set (None: keep the config's)."""
     config = config.copy_and_resolve_references()
     with config.unlocked():
@@ -149,6 +149,9 @@ def apply_eval_options(config, datasets=None, protocol=None, flip=None, metric=N
             config.eval.flip = bool(flip)
         if metric is not None:
             config.eval.metric = metric
+        for field, value in (rerank or {}).items():  # eval.py's --rerank, --rerank_k1, --rerank_k2, --rerank_lambda
+            if value is not None:
+                config.eval[field] = value
     return config
 
 
@@ -172,7 +175,7 @@ def check_output_path(path, suffix):
 
 
 def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, protocol=None, flip=None, metric=None,
-                 features_path=None, visualize_dir=None, export_path=None):
+                 features_path=None, visualize_dir=None, export_path=None, rerank=None):
     """Evaluates a checkpoint of `workdir`; appends the records to its metrics.jsonl, prints and returns them.
 
     `features_path`: also write the features (`save_features`); `visualize_dir`: also draw each dataset's
@@ -190,7 +193,7 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
     if visualize_dir and not os.path.isdir(os.path.dirname(os.path.abspath(visualize_dir))):
         raise UserError(f"--visualize={visualize_dir}: its parent folder does not exist; create it first")
     config, model, variables, step = load_run(workdir, config, checkpoint)
-    config = apply_eval_options(config, datasets, protocol, flip, metric)
+    config = apply_eval_options(config, datasets, protocol, flip, metric, rerank)
     validate_config(config)
     eval_sets = load_eval_sets(config.data)
     mesh = sharding.make_mesh()
@@ -321,6 +324,9 @@ class Embedder:
     def search(self, query_embeddings, gallery_embeddings, k=10):
         """(indices int [Q, k], distances float32 [Q, k]) of each query's k nearest gallery embeddings."""
         from msml_jax.evaluation.search import top_k
+        from msml_jax.losses import l2_normalize
 
-        return top_k(query_embeddings, gallery_embeddings, k, metric=self.settings.metric,
-                     normalize=self.settings.normalize)
+        q, g = (np.asarray(x, np.float32) for x in (query_embeddings, gallery_embeddings))
+        if self.settings.metric == "euclidean" and self.settings.normalize:
+            q, g = np.asarray(l2_normalize(q)), np.asarray(l2_normalize(g))
+        return top_k(q, g, k, metric=self.settings.metric)

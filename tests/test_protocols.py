@@ -206,3 +206,39 @@ def test_training_on_all_evaluates_each_dataset_in_its_protocol(releases, tmp_pa
     assert records["market1501"]["num_queries"] == len(market1501.QUERY)
     assert records["cuhk_sysu"]["num_queries"] == len(cuhk_sysu.TEST)
     assert all(0 <= r["mAP"] <= 1 and r["step"] == 2 for r in records.values())
+
+
+# ---------------------------------------------------------------- k-reciprocal re-ranking (issue 10)
+def test_rank_images_with_rerank_ranks_by_the_reranked_distances():
+    from msml_jax.evaluation.ranking import evaluate_ranking
+    from msml_jax.evaluation.rerank import k_reciprocal_rerank
+
+    rng = np.random.default_rng(0)
+    q, g = rng.standard_normal((6, 8)).astype(np.float32), rng.standard_normal((30, 8)).astype(np.float32)
+    q_pids, g_pids = rng.integers(0, 5, 6), rng.integers(0, 5, 30)
+    q_cams, g_cams = np.zeros(6, int), np.ones(30, int)
+
+    def dist(a, b):
+        return np.linalg.norm(a[:, None].astype(np.float64) - b[None], axis=-1).astype(np.float32)
+
+    reranked = k_reciprocal_rerank(dist(q, g), dist(q, q), dist(g, g), k1=5, k2=2, lambda_value=0.3)
+    want = evaluate_ranking(reranked, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    got = rank_images({"embeddings": q, "pids": q_pids, "camids": q_cams},
+                      {"embeddings": g, "pids": g_pids, "camids": g_cams}, normalize=False, rerank=(5, 2, 0.3))
+    assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-12)
+    assert got["rank1"] == want["cmc"][0] and got["rank5"] == want["cmc"][4]
+
+
+def test_rerank_settings_are_refused_naming_the_value():
+    from msml_jax.errors import UserError
+    from msml_jax.training.validate import validate_config
+    from tests.conftest import make_tiny_config
+
+    config = make_tiny_config()
+    config.eval.rerank, config.eval.k1, config.eval.k2 = True, 20, 21
+    with pytest.raises(UserError, match=r"config.eval.k2=21 must be at most config.eval.k1=20"):
+        validate_config(config)
+    sets = {"tiny": {"ranking": "image", "query": {"pids": np.zeros(2)}, "gallery": {"pids": np.zeros(7)}}}
+    with pytest.raises(UserError, match=r"config.eval.k1=20 \(re-ranking\) is larger than the gallery of tiny "
+                                        r"\(7 items\): set it to at most 7"):
+        Evaluator(None, sets, EvalSettings(rerank=(20, 6, 0.3)), None)

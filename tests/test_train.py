@@ -370,3 +370,42 @@ def test_tensorboard_holds_the_logged_scalars(trained):
         else:
             for key in ("loss", "learning_rate", "hardest_pos", "hardest_neg", "grad_norm"):
                 assert scalars[(f"train/{key}", r["step"])] == pytest.approx(r[key], rel=1e-6)
+
+
+def test_the_embedder_gives_the_evaluation_embeddings_of_a_split_from_its_files(trained, tmp_path, tiny_splits):
+    import tensorflow as tf
+
+    from msml_jax.inference import Embedder
+
+    workdir = _copy_of(trained, tmp_path)
+    features = str(tmp_path / "features.npz")
+    evaluate_run(workdir, features_path=features)
+    paths = []
+    for i, image in enumerate(tiny_splits["gallery"]["images"]):
+        paths.append(str(tmp_path / f"g{i}.png"))
+        tf.io.write_file(paths[-1], tf.io.encode_png(image))
+    embedder = Embedder.from_workdir(workdir, batch_size=5)  # batches of another size than evaluation's
+    embedded = embedder.embed(paths)
+    expected = np.load(features)["synthetic/gallery/embeddings"]
+    np.testing.assert_allclose(embedded, expected, rtol=1e-5, atol=1e-5)  # float32, other batch composition
+    # search: the k nearest of each query, as a brute-force sort of l2-normalized Euclidean distances.
+    query = np.load(features)["synthetic/query/embeddings"]
+    indices, distances = embedder.search(query, embedded, k=4)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    full = np.linalg.norm(unit(query)[:, None] - unit(embedded)[None], axis=-1)
+    np.testing.assert_array_equal(indices, np.argsort(full, axis=1, kind="stable")[:, :4])
+    np.testing.assert_allclose(distances, np.sort(full, axis=1)[:, :4], atol=1e-5)
+
+
+def test_the_embedder_resizes_like_the_evaluation_pipeline(trained, tmp_path):
+    import tensorflow as tf
+
+    from msml_jax.inference import Embedder
+
+    embedder = Embedder.from_workdir(_copy_of(trained, tmp_path))
+    image = np.random.default_rng(0).integers(0, 256, (75, 41, 3), np.uint8)
+    expected = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, (32, 16))), 0, 255), tf.uint8).numpy()
+    got = embedder._load(image)
+    assert got.shape == (32, 16, 3) and np.abs(got.astype(int) - expected).max() <= 1  # float rounding at .5
+    with pytest.raises(UserError, match="cannot read .* as an image"):
+        embedder.embed([str(tmp_path / "missing.png")])

@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 
+from msml_jax.errors import UserError
 from msml_jax.evaluation.protocols import RANKINGS
 from msml_jax.evaluation.retrieval import embed_split, jit_embed_fn
 from msml_jax.evaluation.separation import separation_figures
@@ -26,6 +27,7 @@ class EvalSettings:
     metric: str = "euclidean"  # euclidean | cosine
     pooling: str = "avg"  # tracklet pooling of frame features: avg | max
     normalize: bool = True  # euclidean distances of l2-normalized embeddings
+    rerank: tuple = None  # (k1, k2, lambda): k-reciprocal re-ranking of the distances; None: off
     batch_size: int = 128
     image_size: tuple = (256, 128)
 
@@ -34,12 +36,18 @@ class EvalSettings:
         """Settings of `config`; the batch is config.eval_batch_size rounded up to a multiple of `num_devices`."""
         ev = config.get("eval") or {}
         batch = -(-int(config.eval_batch_size) // num_devices) * num_devices
+        rerank = None
+        if ev.get("rerank", False):
+            rerank = (int(ev.get("k1", 20)), int(ev.get("k2", 6)), float(ev.get("lambda_value", 0.3)))
         return cls(flip=bool(ev.get("flip", False)), metric=ev.get("metric", "euclidean"),
-                   pooling=ev.get("pooling", "avg"), normalize=bool(config.normalize), batch_size=batch,
-                   image_size=tuple(config.data.image_size))
+                   pooling=ev.get("pooling", "avg"), normalize=bool(config.normalize), rerank=rerank,
+                   batch_size=batch, image_size=tuple(config.data.image_size))
 
     def record_fields(self):
-        return {"flip": self.flip, "metric": self.metric}
+        fields = {"flip": self.flip, "metric": self.metric}
+        if self.rerank:
+            fields["rerank"] = "k1={},k2={},lambda={}".format(*self.rerank)
+        return fields
 
 
 class Evaluator:
@@ -50,6 +58,15 @@ class Evaluator:
 
     def __init__(self, apply_fn, eval_sets, settings, mesh):
         self.eval_sets, self.settings, self.mesh = eval_sets, settings, mesh
+        if settings.rerank:
+            for name, sets in eval_sets.items():
+                gallery = sets["gallery"]
+                size = (len(np.unique(gallery["tracklet"])) if sets["ranking"] == "tracklet"
+                        else len(gallery["pids"]))
+                if settings.rerank[0] > size:
+                    raise UserError(f"config.eval.k1={settings.rerank[0]} (re-ranking) is larger than the gallery of "
+                                    f"{name} ({size} items): set it to at most {size} (--rerank_k1; the paper of "
+                                    f"the method uses 20)")
         self.embed_fn = jit_embed_fn(apply_fn, mesh, settings.flip)
 
     def features(self, variables):
@@ -85,7 +102,8 @@ class Evaluator:
         for name, sets in self.eval_sets.items():
             rank = RANKINGS[sets["ranking"]]
             metrics = rank(features[name]["query"], features[name]["gallery"], metric=self.settings.metric,
-                           normalize=self.settings.normalize, distances=(distances or {}).get(name))
+                           normalize=self.settings.normalize, distances=(distances or {}).get(name),
+                           rerank=self.settings.rerank)
             q, g = features[name]["query"], features[name]["gallery"]
             separation = separation_figures(q["embeddings"], g["embeddings"], q["pids"], g["pids"], q["camids"],
                                             g["camids"], metric=self.settings.metric,

@@ -8,7 +8,10 @@ branches on dataset names. Features arrive as dicts with `embeddings` float [N, 
 import numpy as np
 
 from msml_jax.evaluation.ranking import evaluate_ranking
+from msml_jax.evaluation.rerank import k_reciprocal_rerank_blocks
 from msml_jax.evaluation.retrieval import distance_matrix
+from msml_jax.evaluation.search import evaluate_ranking_blocked, evaluate_ranking_blocks
+from msml_jax.losses import l2_normalize
 
 RANKS = (1, 5, 10, 20)
 SINGLE_GALLERY_SHOT_REPEATS = 10
@@ -22,19 +25,41 @@ def _summary(result):
     return out
 
 
-def rank_images(query, gallery, *, metric="euclidean", normalize=True, distances=None):
+def _compared(query, gallery, metric, normalize):
+    """The embeddings whose `metric` distances rank the gallery (as `distance_matrix`)."""
+    q, g = np.asarray(query["embeddings"], np.float32), np.asarray(gallery["embeddings"], np.float32)
+    if metric == "euclidean" and normalize:
+        q, g = l2_normalize(q), l2_normalize(g)
+    return q, g
+
+
+def _reranked(query, gallery, metric, normalize, rerank):
+    """k-reciprocal re-ranked distances as (query rows, [b, G]) blocks; `rerank` = (k1, k2, lambda)."""
+    k1, k2, lambda_value = rerank
+    q, g = _compared(query, gallery, metric, normalize)
+    return k_reciprocal_rerank_blocks(q, g, k1, k2, lambda_value, metric=metric)
+
+
+def rank_images(query, gallery, *, metric="euclidean", normalize=True, distances=None, rerank=None):
     """Market-1501 rules: every query against the whole gallery; same pid and camera is junk.
 
     Returns {mAP, mINP, rank1, rank5, rank10, rank20, num_queries} (fractions). `distances` [Q, G]: use these
-    instead of computing them (e.g. re-ranked ones).
+    instead of computing them. `rerank` (k1, k2, lambda): rank by k-reciprocal re-ranked distances (Zhong et al.
+    2017). Computed in blocks of queries: memory grows with the block, not with Q x G.
     """
-    if distances is None:
-        distances = distance_matrix(query["embeddings"], gallery["embeddings"], metric, normalize)
-    return _summary(evaluate_ranking(distances, query["pids"], gallery["pids"], query["camids"], gallery["camids"],
-                                     max_rank=max(RANKS)))
+    ids = (query["pids"], gallery["pids"], query["camids"], gallery["camids"])
+    if distances is not None:
+        result = evaluate_ranking(distances, *ids, max_rank=max(RANKS))
+    elif rerank:
+        result = evaluate_ranking_blocks(_reranked(query, gallery, metric, normalize, rerank), *ids,
+                                         max_rank=max(RANKS))
+    else:
+        q, g = _compared(query, gallery, metric, normalize)
+        result = evaluate_ranking_blocked(q, g, *ids, metric=metric, max_rank=max(RANKS))
+    return _summary(result)
 
 
-def single_gallery_shot(query, gallery, *, metric="euclidean", normalize=True, distances=None,
+def single_gallery_shot(query, gallery, *, metric="euclidean", normalize=True, distances=None, rerank=None,
                         repeats=SINGLE_GALLERY_SHOT_REPEATS, seed=0):
     """CUHK03's classic protocol: each query against ONE gallery image per identity, averaged over draws.
 
@@ -43,6 +68,8 @@ def single_gallery_shot(query, gallery, *, metric="euclidean", normalize=True, d
     image rules, and CMC / mAP / mINP are averaged over the draws. mAP here is the mean reciprocal rank (one
     match per query and draw).
     """
+    if distances is None and rerank:  # re-ranked against the whole gallery, then drawn from
+        distances = np.concatenate([blk for _, blk in _reranked(query, gallery, metric, normalize, rerank)])
     if distances is None:
         distances = distance_matrix(query["embeddings"], gallery["embeddings"], metric, normalize)
     g_pids, g_camids = np.asarray(gallery["pids"]), np.asarray(gallery["camids"])

@@ -12,6 +12,8 @@ def _label(record):
         label += f" ({record['protocol']})"
     if record.get("trial") is not None:
         label += f" #{record['trial']}"
+    if record.get("rerank"):
+        label += " re-ranked"
     return label
 
 
@@ -39,10 +41,10 @@ def ten_split_summaries(records):
     for r in records:
         if r.get("trial") is None:
             continue
-        key = (r["dataset"], r.get("protocol"), r.get("flip"), r.get("metric"))
+        key = (r["dataset"], r.get("protocol"), r.get("flip"), r.get("metric"), r.get("rerank"))
         groups.setdefault(key, {})[r["trial"]] = r
     summaries = []
-    for (dataset, protocol, _, _), by_trial in groups.items():
+    for (dataset, protocol, *_), by_trial in groups.items():
         if len(by_trial) < 2:
             continue
         summary = {"dataset": dataset, "protocol": protocol, "num_trials": len(by_trial), "trials": sorted(by_trial)}
