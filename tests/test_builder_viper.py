@@ -52,9 +52,9 @@ def expected(camid):
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("viper")
     make(str(tmp / "manual"))
-    sizes = {"cam_a": 6, "cam_b": 6, "train": 6, "query": 3, "gallery": 3}
+    sizes = {"cam_a": 6, "cam_b": 6}
     builder = check_like_tfds(viper.Viper, str(tmp / "manual"), str(tmp / "data"), sizes,
-                              groups=[("cam_a", "cam_b"), ("train", "query", "gallery")])
+                              groups=[("cam_a", "cam_b")])
     return builder
 
 
@@ -80,9 +80,6 @@ def test_protocol_trials_split_identities_in_halves(built):
         assert set(s["query"]["camids"]) == {0} and set(s["gallery"]["camids"]) == {1}
         assert sorted(s["train"]["camids"]) == [0, 0, 0, 1, 1, 1]
         seen.add(tuple(sorted(train_ids)))
-        if trial == 0:  # the builder's own train/query/gallery splits are trial 0
-            for split in ("train", "query", "gallery"):
-                assert sorted(s[split]["file_name"]) == sorted(ex["file_name"] for ex in read_split(built, split))
     assert len(seen) > 3  # the trials are different random splits
 
 

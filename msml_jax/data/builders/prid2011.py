@@ -8,7 +8,7 @@ Release layout (`prid_2011.zip` or its extracted `prid_2011/` folder; only `sing
 Identities: pid n for cam_a person n and for cam_b persons n <= 200 (the same people);
 cam_b persons n > 200 are other people than cam_a's n, so they get pid 1000 + n.
 
-Splits: `cam_a`, `cam_b` (every image, camid 0 and 1) and `train` / `query` / `gallery` of trial 0.
+Splits: `cam_a`, `cam_b` (every image, camid 0 and 1); each trial's train / query / gallery is drawn at load.
 Protocol (`protocol_splits`, trials 0..9): the 200 persons seen by both cameras are split at random
 into 100 for training (both cameras' images) and 100 for testing; the test persons' cam_a images
 are the queries, and the gallery is their cam_b images plus every cam_b person above 200
@@ -53,8 +53,8 @@ def protocol_splits(read, trial, protocol=None):
 class Prid2011(common.ReidBuilder):
     """PRID 2011 single-shot: two static outdoor cameras, one image per person and camera (64x128)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "2.0.0": "Only the cam_a / cam_b splits (trials are drawn at load)."}
     RELEASE_MARKER = "single_shot/cam_a"
     ARCHIVE_NAMES = ("prid_2011.zip",)
     IMAGE_ENCODING = "png"
@@ -71,18 +71,9 @@ class Prid2011(common.ReidBuilder):
     """
 
     def _release_splits(self, root):
+        # The cameras only: protocol_splits draws each trial's train / query / gallery from them when loaded.
         cams = {camera: self._items(root, camera, camid) for camid, camera in enumerate(("cam_a", "cam_b"))}
-        shared = sorted({it[1] for it in cams["cam_a"]} & {it[1] for it in cams["cam_b"]})
-        train_ids, test_ids = (set(ids.tolist()) for ids in trial_split(shared, 0))
-        return {
-            "cam_a": self.examples(cams["cam_a"], root),
-            "cam_b": self.examples(cams["cam_b"], root),
-            "train": self.examples([it for c in cams.values() for it in c if it[1] in train_ids], root),
-            "query": self.examples([it for it in cams["cam_a"] if it[1] in test_ids], root),
-            "gallery": self.examples(
-                [it for it in cams["cam_b"] if it[1] in test_ids or it[1] not in shared], root
-            ),
-        }
+        return {camera: self.examples(items, root) for camera, items in cams.items()}
 
     def _items(self, root, camera, camid):
         """[(path, pid, camid, {})] of single_shot/<camera>; UserError on a file name that does not parse."""

@@ -5,8 +5,8 @@ Release layout (`VIPeR.v1.0.zip` or its extracted `VIPeR/` folder):
     cam_a/NNN_ANGLE.bmp   NNN = identity (000..873, 632 of them), ANGLE = viewpoint in degrees
     cam_b/NNN_ANGLE.bmp   the same NNN is the same person
 
-Splits: `cam_a` and `cam_b` (every image, camid 0 and 1), and `train` / `query` / `gallery`
-of trial 0 of the standard protocol. Protocol (`trial_split`): the 632 identities are split
+Splits: `cam_a` and `cam_b` (every image, camid 0 and 1); each trial's train / query / gallery
+is drawn from them when loaded (`protocol_splits`). Protocol (`trial_split`): the 632 identities are split
 at random into 316 for training (both cameras' images) and 316 for testing, cam_a images
 as queries against the cam_b images as gallery (single-shot, 316-way ranking); trials
 0..9 are the ten random splits, fixed by `np.random.default_rng([PROTOCOL_SEED, trial])`.
@@ -78,8 +78,8 @@ def trim_bmp(data):
 class Viper(common.ReidBuilder):
     """VIPeR: 632 pedestrians seen by two outdoor cameras, one image each (48x128)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "2.0.0": "Only the cam_a / cam_b splits (trials are drawn at load)."}
     RELEASE_MARKER = "cam_a"
     ARCHIVE_NAMES = ("VIPeR.v1.0.zip", "VIPeR.zip")
     EXTRA_FEATURES = {"angle": np.int64}
@@ -95,15 +95,9 @@ class Viper(common.ReidBuilder):
     """
 
     def _release_splits(self, root):
+        # The cameras only: protocol_splits draws each trial's train / query / gallery from them when loaded.
         cams = {camera: self._items(root, camera, camid) for camid, camera in enumerate(("cam_a", "cam_b"))}
-        train_ids, test_ids = (set(ids.tolist()) for ids in trial_split([it[1] for it in cams["cam_a"]], 0))
-        return {
-            "cam_a": self.examples(cams["cam_a"], root),
-            "cam_b": self.examples(cams["cam_b"], root),
-            "train": self.examples([it for c in cams.values() for it in c if it[1] in train_ids], root),
-            "query": self.examples([it for it in cams["cam_a"] if it[1] in test_ids], root),
-            "gallery": self.examples([it for it in cams["cam_b"] if it[1] in test_ids], root),
-        }
+        return {camera: self.examples(items, root) for camera, items in cams.items()}
 
     def _items(self, root, camera, camid):
         """[(path, pid, camid, {"angle"})] of one camera folder; UserError on a file name that does not parse."""
