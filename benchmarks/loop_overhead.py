@@ -14,7 +14,6 @@ Rows (ms/step, mean over the timed steps, synced at the end only):
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import jax

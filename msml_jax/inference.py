@@ -17,9 +17,12 @@ from msml_jax.errors import UserError
 from msml_jax.evaluation.evaluator import EvalSettings, Evaluator
 from msml_jax.evaluation.report import format_table
 from msml_jax.models import model_from_config
+from msml_jax.training.checkpoint import MODEL_FIELDS as TRAINED_MODEL_FIELDS
+from msml_jax.training.checkpoint import config_differences
 
-# Config fields that decide the network's function: an evaluation config must agree with the checkpoint's.
-MODEL_FIELDS = ("model.", "data.image_size", "dtype")
+# Fields an evaluation config must share with the checkpoint's: those deciding the parameters (the trainer's
+# list) and the input size the network was trained at.
+MODEL_FIELDS = TRAINED_MODEL_FIELDS | {"data.image_size"}
 
 
 def _step_dirs(workdir):
@@ -87,9 +90,7 @@ def restore_checkpoint(directory, step):
 
 def check_model_fields(saved, config, where):
     """UserError naming each field deciding the network (`MODEL_FIELDS`) in which `config` differs from `saved`."""
-    from msml_jax.training.checkpoint import config_differences
-
-    changed = [d for d in config_differences(saved, config) if d[0].startswith(MODEL_FIELDS)]
+    changed = [d for d in config_differences(saved, config) if d[0] in MODEL_FIELDS]
     if changed:
         listing = "; ".join(f"config.{field}: {old!r} in the checkpoint, {new!r} now" for field, old, new in changed)
         raise UserError(f"the config differs from the one the checkpoint in {where} was trained with in fields that "

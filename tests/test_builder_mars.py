@@ -1,6 +1,5 @@
 """mars builder on a dummy release (bbox_train/, bbox_test/, info/) in the official layout, made at test time."""
 
-import os
 import shutil
 
 import pytest

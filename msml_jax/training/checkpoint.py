@@ -30,7 +30,6 @@ import time
 import traceback
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -126,26 +125,6 @@ def save(manager, state, config, position=None, metrics=None, force=False):
     return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
 
-def restore(manager, state, step=None):
-    """Restores into the structure (and shardings) of `state`; returns (state, config ConfigDict) or (state, None)."""
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        return state, None
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(serialization.to_state_dict(state)),
-            config=ocp.args.JsonRestore(),
-        ),
-    )
-    return serialization.from_state_dict(state, restored["state"]), ml_collections.ConfigDict(restored["config"])
-
-
-def restore_config(manager, step):
-    """The config dict saved with checkpoint `step` (nothing else is read)."""
-    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-
-
 def _flatten(tree, prefix=""):
     if isinstance(tree, dict):
         out = {}
@@ -183,18 +162,6 @@ def check_config_unchanged(saved, config, checkpoint_dir):
             f"the config differs from the one the checkpoint in {checkpoint_dir} was trained with ({listing}): "
             f"restore those values, use a new --workdir, or pass --config.allow_config_change=True to continue anyway"
         )
-
-
-def existing_checkpoint_manager(workdir):
-    """The manager of a trained run; a UserError naming the workdir when it holds no checkpoint."""
-    directory = os.path.join(workdir, "checkpoints")
-    manager = checkpoint_manager(workdir, create=False) if os.path.isdir(directory) else None
-    if manager is None or manager.latest_step() is None:
-        raise UserError(
-            f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first with "
-            f"`python train.py --config CONFIG --workdir {workdir}`, or pass the --workdir of a trained run"
-        )
-    return manager
 
 
 class DamagedCheckpoint(Exception):
