@@ -1,13 +1,21 @@
-"""Images/s of the training input pipeline (decode + resize + augment + PK batching) on 1 and on 2 cores.
+"""Images/s of the training input pipeline next to plain tf.data, per output size, on 1 and on 2 cores.
 
-    python benchmarks/input_pipeline.py                          # 3000 generated JPEGs in a temporary folder
-    python benchmarks/input_pipeline.py --viper ../shared/data/VIPeR   # the real VIPeR BMPs
-    python benchmarks/input_pipeline.py --train_step             # also the small model's CPU train step
+    python benchmarks/input_pipeline.py                  # 3000 generated 128x64 JPEGs to 256x128 and 224x224
+    python benchmarks/input_pipeline.py --parts          # also the pipeline with its augmentations added one by one
+    python benchmarks/input_pipeline.py --viper ../shared/data/VIPeR --image_sizes 128x48   # the real VIPeR BMPs
+    python benchmarks/input_pipeline.py --train_step     # also the small model's CPU train step
 
+Two pipelines read the same encoded files (what a TFDS split hands the pipeline) and make batches of
+P*K = 64 images:
+  plain:   tf.data as anyone would write it: per file decode (decode_jpeg for JPEGs), resize, random
+           flip, pad 10% + random crop (a shift), batch; float32 images.
+  project: msml_jax.data.pipeline.train_dataset with the paper's augmentation (flip, shift 0.1, zoom 0.1,
+           blur p=0.5 sigma <= 1): PK batches, every draw a pure function of (seed, step, row); uint8 images.
 Each measurement runs in its own process pinned to the first N cores (sched_setaffinity), with TF's
-intra/inter-op pools and the tf.data private thread pool set to N. Images are read from disk into
-encoded bytes (what a TFDS split hands the pipeline) and decoded per batch, with the paper's
-augmentation on (flip, shift 0.1, zoom 0.1, blur p=0.5). The train step figure is the trainer's own
+intra/inter-op pools and the tf.data private thread pool set to N; the pipelines take turns (`--rounds`
+processes each) and the figure is the best of their runs of `--steps` batches, each after 5 warm-up
+batches. Images per CPU-second (the process's CPU time, all its threads) are printed too: on a machine
+shared with other work they move far less than images/s do. The train step figure is the trainer's own
 `images_per_sec` (metrics.jsonl) of configs/synthetic.py on the same cores, after its compile.
 """
 
@@ -20,6 +28,15 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER = dict(flip=True, shift=0.1, zoom=0.1, blur_prob=0.5, blur_sigma=1.0)
+# --parts: the project's pipeline with the paper's augmentations added one at a time.
+PARTS = {
+    "decode + resize": dict(flip=False),
+    "+ flip": dict(flip=True),
+    "+ shift 0.1": dict(flip=True, shift=0.1),
+    "+ zoom 0.1": dict(flip=True, shift=0.1, zoom=0.1),
+    "+ blur p=0.5 (paper)": PAPER,
+}
 
 
 def write_jpegs(folder, n, size):
@@ -36,16 +53,9 @@ def write_jpegs(folder, n, size):
             f.write(tf.io.encode_jpeg(tf.cast(image, tf.uint8), quality=90).numpy())
 
 
-def measure(cores, folder, image_size, steps, P, K):
-    """Runs in a child pinned to `cores` cores: images/s of `steps` PK batches after 5 warm-up batches."""
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+def read_split(folder):
+    """The folder's images as a split: encoded bytes (BMPs trimmed as the VIPeR builder does), pids."""
     import numpy as np
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(cores)
-    tf.config.threading.set_inter_op_parallelism_threads(cores)
-    from msml_jax.data.pipeline import train_dataset
-    from msml_jax.data.sampling import PKSampler
 
     paths = []
     for d, _, names in sorted(os.walk(folder)):
@@ -60,17 +70,62 @@ def measure(cores, folder, image_size, steps, P, K):
             data = trim_bmp(data)
         images.append(data)
         pids.append(int(os.path.basename(path).split("_")[0]))
-    split = {"images": np.array(images, dtype=object), "pids": np.array(pids), "camids": np.zeros(len(pids), int)}
-    sampler = PKSampler(split["pids"], P, K, seed=0)
-    ds = train_dataset(split, sampler, start_step=0, end_step=steps + 5, image_size=image_size, flip=True,
-                       shift=0.1, zoom=0.1, blur_prob=0.5, blur_sigma=1.0, num_threads=cores)
-    it = ds.as_numpy_iterator()
+    return {"images": np.array(images, dtype=object), "pids": np.array(pids), "camids": np.zeros(len(pids), int)}
+
+
+def plain_dataset(encoded, size, batch, threads):
+    """The anchor: per-file decode, resize, random flip, pad + random crop (shift 0.1), batch."""
+    import tensorflow as tf
+
+    pad = [size[0] // 10, size[1] // 10]
+    jpegs = all(data[:2] == b"\xff\xd8" for data in encoded)
+
+    def prepare(data):
+        if jpegs:
+            image = tf.io.decode_jpeg(data, channels=3)
+        else:
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = tf.image.resize(image, size)
+        image = tf.image.random_flip_left_right(image)
+        image = tf.pad(image, [[pad[0], pad[0]], [pad[1], pad[1]], [0, 0]])
+        return tf.image.random_crop(image, [*size, 3])
+
+    ds = tf.data.Dataset.from_tensor_slices(encoded).repeat()
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    return ds.with_options(options).prefetch(2)
+
+
+def measure(cores, folder, image_size, steps, P, K, which):
+    """Runs in a child pinned to `cores` cores: images/s of the `which` pipeline (best of 3 runs of `steps`)."""
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(cores)
+    tf.config.threading.set_inter_op_parallelism_threads(cores)
+    from msml_jax.data.pipeline import train_dataset
+    from msml_jax.data.sampling import PKSampler
+
+    split = read_split(folder)
+    if which == "plain":
+        ds = plain_dataset(split["images"].astype(object).tolist(), image_size, P * K, cores)
+    else:
+        settings = PAPER if which == "project" else PARTS[which]
+        sampler = PKSampler(split["pids"], P, K, seed=0)
+        ds = train_dataset(split, sampler, start_step=0, end_step=3 * steps + 5, image_size=image_size,
+                           num_threads=cores, **settings)
+    it = iter(ds)
     for _ in range(5):
         next(it)
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(it)
-    return steps * P * K / (time.perf_counter() - start)
+    best, best_cpu = 0.0, 0.0
+    for _ in range(3):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            next(it)
+        best = max(best, steps * P * K / (time.perf_counter() - start))
+        best_cpu = max(best_cpu, steps * P * K / (time.process_time() - start_cpu))
+    return best, best_cpu
 
 
 def train_step_rate(cores):
@@ -86,22 +141,48 @@ def train_step_rate(cores):
     return rates[-1]
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+def tf_version():
+    import tensorflow as tf
+
+    return tf.__version__
+
+
+def run_child(cores, folder, size, args, which):
+    child = [sys.executable, os.path.abspath(__file__), "--_child", str(cores), folder, which,
+             "--image_sizes", f"{size[0]}x{size[1]}", "--steps", str(args.steps),
+             "--P", str(args.P), "--K", str(args.K)]
+    out = subprocess.run(child, cwd=ROOT, check=True, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--viper", help="VIPeR folder (cam_a/, cam_b/); default: generated JPEGs")
     parser.add_argument("--num_images", type=int, default=3000)
-    parser.add_argument("--image_size", type=int, nargs=2, default=(64, 32), help="network input (height width)")
+    parser.add_argument("--image_sizes", nargs="+", default=["256x128", "224x224"], help="network inputs, HxW")
     parser.add_argument("--source_size", type=int, nargs=2, default=(128, 64), help="generated JPEG size")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=20, help="batches per timed run")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each pipeline (best is kept)")
     parser.add_argument("--P", type=int, default=16)
     parser.add_argument("--K", type=int, default=4)
     parser.add_argument("--cores", type=int, nargs="+", default=(1, 2))
+    parser.add_argument("--parts", action="store_true", help="also the pipeline with each augmentation added")
     parser.add_argument("--train_step", action="store_true", help="also run the trainer for its images/s")
-    parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sizes = [tuple(int(n) for n in s.split("x")) for s in args.image_sizes]
     if args._child:  # one measurement, in a fresh process so that the pinning and pool sizes hold
-        cores, folder = int(args._child[0]), args._child[1]
-        print(json.dumps(measure(cores, folder, tuple(args.image_size), args.steps, args.P, args.K)))
+        cores, folder, which = int(args._child[0]), args._child[1], args._child[2]
+        print(json.dumps(measure(cores, folder, sizes[0], args.steps, args.P, args.K, which)))
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,22 +190,33 @@ def main():
         if folder is None:
             folder = tmp
             write_jpegs(folder, args.num_images, tuple(args.source_size))
-            source = f"{args.num_images} generated JPEGs of {args.source_size[0]}x{args.source_size[1]}"
+            source = f"{args.num_images} generated JPEGs of {args.source_size[0]}x{args.source_size[1]} (quality 90)"
         else:
-            source = f"VIPeR BMPs (48x128) in {folder}"
-        print(f"input pipeline: {source} -> {args.image_size[0]}x{args.image_size[1]}, PK {args.P}x{args.K}, "
-              "decode + flip/shift/zoom/blur")
-        for cores in args.cores:
-            child = [sys.executable, os.path.abspath(__file__), "--_child", str(cores), folder,
-                     "--image_size", *map(str, args.image_size), "--steps", str(args.steps),
-                     "--P", str(args.P), "--K", str(args.K)]
-            out = subprocess.run(child, cwd=ROOT, check=True, capture_output=True, text=True,
-                                 env=dict(os.environ, PYTHONPATH=ROOT))
-            rate = json.loads(out.stdout.strip().splitlines()[-1])
-            line = f"  {cores} core(s): pipeline {rate:8.0f} images/s"
-            if args.train_step:
-                line += f"   small-model train step (configs/synthetic.py): {train_step_rate(cores):6.0f} images/s"
-            print(line, flush=True)
+            source = f"VIPeR BMPs (128x48) in {folder}"
+        print(f"input pipeline: {source}, PK {args.P}x{args.K}; {cpu_name()}, {os.cpu_count()} CPUs, load "
+              f"{os.getloadavg()[0]:.1f} (1-min average); TensorFlow {tf_version()}")
+        print("project = train_dataset with flip, shift 0.1, zoom 0.1, blur p=0.5; plain = decode, resize, flip, "
+              "pad + crop")
+        for size in sizes:
+            for cores in args.cores:
+                # Alternating short runs, best of each: the load of other work on the machine comes and goes.
+                names = ["plain", "project"] + (list(PARTS) if args.parts else [])
+                rates = {name: (0.0, 0.0) for name in names}
+                for _ in range(args.rounds):
+                    for name in names:
+                        wall, cpu = run_child(cores, folder, size, args, name)
+                        rates[name] = (max(rates[name][0], wall), max(rates[name][1], cpu))
+                (plain, plain_cpu), (project, project_cpu) = rates["plain"], rates["project"]
+                line = (f"  {size[0]}x{size[1]}, {cores} core(s): plain tf.data {plain:5.0f} images/s   "
+                        f"project {project:5.0f} images/s ({project / plain:4.2f}x plain)   per CPU-second: "
+                        f"plain {plain_cpu:5.0f}, project {project_cpu:5.0f} ({project_cpu / plain_cpu:4.2f}x)")
+                if args.train_step:
+                    line += f"   small-model train step (configs/synthetic.py): {train_step_rate(cores):6.0f} images/s"
+                print(line, flush=True)
+                for name in PARTS if args.parts else ():
+                    wall, cpu = rates[name]
+                    print(f"      project, {name:22s} {wall:5.0f} images/s, {cpu:5.0f} per CPU-second", flush=True)
+        print(f"load after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pytest
 import scipy.ndimage
 import tensorflow as tf
 
-from msml_jax.data.augment import Augmentation, augment, gaussian_blur
+from msml_jax.data.augment import Augmentation, Rows, augment, augment_to_size, crop_box, draw, gaussian_blur
 from msml_jax.data.pipeline import train_dataset, train_dataset_from_config
 from msml_jax.data.sampling import PKSampler
 from tests.conftest import make_tiny_config
@@ -28,23 +28,91 @@ def test_blur_matches_scipy_gaussian_filter():
 
 
 def test_zoom_scales_about_the_centre_within_range():
-    # A horizontal ramp I(y, x) = x: bilinear sampling of it is exact, so the output row is
-    # c + (j - c) / scale with c the centre column: its slope is 1 / scale.
+    # A horizontal ramp I(y, x) = 100 + x: bilinear sampling of it is exact, so inside the image each
+    # output row is linear in the column, with slope 1 / scale, and passes through the centre column's
+    # value up to the half pixel of rounding the box to whole pixels.
     h, w, zoom = 8, 33, 0.25
-    ramp = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :, None], (64, h, w, 3)).copy()
-    ramp += 100.0  # so that black (0) borders of a zoom-out are told apart
+    ramp = np.broadcast_to(100 + np.arange(w, dtype=np.float32)[None, :, None], (64, h, w, 3)).copy()
     out = augment(tf.constant(ramp), SEED, flip=False, zoom=zoom).numpy()
     c = (w - 1) / 2
+    cols = np.arange(8, 25)  # inside the source for every scale in [0.75, 1.25]
     scales = []
     for image in out:
-        row = image[h // 2, :, 0]
-        inside = row > 0
-        slope = np.polyfit(np.arange(w)[inside], row[inside], 1)[0]
+        row = image[h // 2, cols, 0]
+        slope, intercept = np.polyfit(cols, row, 1)
+        np.testing.assert_allclose(row, intercept + slope * cols, atol=1e-3)  # one linear resample
         scale = 1 / slope
-        assert 1 - zoom - 1e-3 <= scale <= 1 + zoom + 1e-3
-        np.testing.assert_allclose(row[inside], 100 + c + (np.arange(w)[inside] - c) / scale, atol=1e-2)
+        assert 1 - zoom - 1 / w <= scale <= 1 + zoom + 1 / w  # up to the box's rounding to whole pixels
+        assert abs(intercept + slope * c - (100 + c)) <= 0.5 + 1e-3
         scales.append(scale)
-    assert min(scales) < 0.95 and max(scales) > 1.05  # both zoom in and zoom out occur
+    assert min(scales) < 0.9 and max(scales) > 1.1  # both zoom in and zoom out occur
+    zoomed_out = out[np.argmin(scales), h // 2, :, 0]
+    assert zoomed_out[0] == 0 and zoomed_out[-1] == 0  # the uncovered borders are black
+
+
+def test_crop_box_worked_example():
+    # 128x64 source. Zoom in by 1.1, shifted down 0.1 and left 0.05: box 116x58 (128 / 1.1 = 116.4,
+    # 64 / 1.1 = 58.2), centred at (76.8, 28.8): top 76.8 - 58 = 18.8 -> 19, left 28.8 - 29 = -0.2 -> 0.
+    box = crop_box((128, 64), tf.constant([0.1, -0.05]), tf.constant(1.1))
+    np.testing.assert_array_equal(box, [19, 0, 116, 58])
+    # Zoom out by 0.9, no shift: box 142x71 (142.2, 71.1) centred at (64, 32): top -7, left -3.5 -> -4
+    # (halves round to even), so the box overhangs the source by 7 / 7 rows and 4 / 3 columns.
+    box = crop_box((128, 64), tf.constant([0.0, 0.0]), tf.constant(0.9))
+    np.testing.assert_array_equal(box, [-7, -4, 142, 71])
+
+
+def _bilinear(image, size):
+    """Half-pixel-centre bilinear resize of float [h, w, C] with clamped edges (tf.image.resize's)."""
+    for axis, n_out in enumerate(size):
+        n_in = image.shape[axis]
+        src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        frac = (src - lo).reshape([-1] + [1] * (image.ndim - 1))
+        image = np.moveaxis(image, axis, 0)
+        image = np.moveaxis(image[lo] * (1 - frac) + image[hi] * frac, 0, axis)
+    return image
+
+
+@pytest.mark.parametrize("source, size", [((12, 8), (24, 16)), ((24, 16), (12, 8))])
+def test_each_image_is_its_box_flipped_blurred_and_resized(source, size):
+    # Against numpy / scipy, image by image: zero-padded box, mirrored, bilinearly resized to the output
+    # size, and Gaussian-blurred: before the resize when the source is the smaller, with the sigma scaled
+    # to source pixels; after it otherwise.
+    rng = np.random.default_rng(3)
+    (h, w), n = source, 24
+    images = rng.uniform(0, 255, (n, h, w, 3)).astype(np.float32)
+    a = Augmentation(flip=True, shift=0.2, zoom=0.2, blur_prob=0.5, blur_sigma=1.0)
+    out = augment_to_size(tf.constant(images), size, SEED, a).numpy()
+    upsampling = h * w <= size[0] * size[1]
+    # The kernel radius: 2 sigma of the largest blur, in pixels of the image blurred (boxes <= source / 0.8 + 1).
+    radius = int(np.ceil(2 * max((h / 0.8 + 1) / size[0], (w / 0.8 + 1) / size[1]))) if upsampling else 2
+    draws = draw(SEED, a, Rows(0, n, n))
+    flips = blurs = 0
+    for i, image in enumerate(images):
+        s, (dy, dx), sigma = float(draws.scale[i]), draws.offset[i].numpy(), float(draws.sigma[i])
+        ch, cw = max(round(h / s), 1), max(round(w / s), 1)
+        top, left = round(h * (0.5 + dy) - ch / 2), round(w * (0.5 + dx) - cw / 2)
+        padded = np.zeros((h + 40, w + 40, 3), np.float32)
+        padded[20 : 20 + h, 20 : 20 + w] = image
+        crop = padded[20 + top : 20 + top + ch, 20 + left : 20 + left + cw]
+        if draws.flip[i]:
+            crop, flips = crop[:, ::-1], flips + 1
+        blurs += sigma > 0
+
+        def blur(x, scales):
+            for axis in (0, 1):
+                if sigma > 0:
+                    sd = sigma * scales[axis]
+                    x = scipy.ndimage.gaussian_filter1d(x, sd, axis=axis, mode="mirror", truncate=radius / sd)
+            return x
+
+        if upsampling:
+            expected = _bilinear(blur(crop, (ch / size[0], cw / size[1])), size)
+        else:
+            expected = blur(_bilinear(crop, size), (1, 1))
+        np.testing.assert_allclose(out[i], expected, atol=1e-3)
+    assert 4 <= flips <= 20 and 4 <= blurs <= 20
 
 
 def test_shift_translates_both_ways_by_up_to_shift():

@@ -78,6 +78,19 @@ def test_encoded_images_are_decoded_to_the_same_pixels(tiny_splits):
         np.testing.assert_array_equal(a["images"], b["images"])
 
 
+def test_encoded_images_of_several_sizes_come_out_resized_to_the_input_size(tiny_splits):
+    # Files of two sizes (no common source size): each image is resized straight to the network input.
+    train = tiny_splits["train"]
+    sources = [im if i % 2 else tf.image.resize(im, (40, 20)).numpy().round().astype(np.uint8)
+               for i, im in enumerate(train["images"])]
+    encoded = dict(train, images=np.array([tf.io.encode_png(im).numpy() for im in sources], dtype=object))
+    batches, _ = _batches(encoded, 0, 2, flip=False, shift=0.0)
+    sampler = PKSampler(train["pids"], 4, 2, seed=7)
+    for step, batch in enumerate(batches):
+        expected = [tf.image.resize(sources[i], (32, 16)).numpy() for i in sampler.batch_indices(step)]
+        np.testing.assert_allclose(batch["images"], np.round(expected), atol=1)
+
+
 def test_eval_batches_cover_the_split_in_order_with_a_padded_tail(tiny_splits):
     gallery = tiny_splits["gallery"]
     n = len(gallery["pids"])

@@ -1,4 +1,4 @@
-"""The paper's training augmentation (section 4.2) as batched, stateless TF ops.
+"""The paper's training augmentation (section 4.2) as stateless TF ops.
 
 Random horizontal flip, shift, zoom and Gaussian blur, plus random erasing (Zhong et al.
 2017) as an option. Every random draw comes from a stateless seed, so a batch's
@@ -9,9 +9,18 @@ Several processes each augment only their own rows of a global batch (`Rows`): t
 per-image random numbers are drawn for the whole global batch (a few floats per image)
 and sliced, and erasing noise is seeded per global row, so a row's augmentation does
 not depend on how the batch is split.
+
+Speed (benchmarks/input_pipeline.py): the draws of a batch become a `Plan` at once, and
+each image then costs a handful of ops (`apply`), nothing at the network's input size
+but the one resampling: shift and zoom are an integer crop of the small source image
+(zero-padded where it leaves the image), the flip a reverse of that uint8 crop, the blur
+a Gaussian at source resolution with its sigma scaled to source pixels, on the images
+drawn for it only, and one bilinear resize takes the crop to the output size.
 """
 
 import dataclasses
+import functools
+import math
 import typing
 
 import tensorflow as tf
@@ -33,11 +42,6 @@ class Rows(typing.NamedTuple):
         return cls(0, batch, batch)
 
 
-def _uniform(rows, shape, seed, minval=0.0, maxval=1.0):
-    """Uniform draws of shape [rows.stop - rows.start, *shape]: rows of the draw for the whole global batch."""
-    return tf.random.stateless_uniform([rows.total, *shape], seed, minval, maxval)[rows.start : rows.stop]
-
-
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
     """Settings of `augment`; the defaults are the demo's (flip + shift 0.1 in configs/synthetic.py sets shift).
@@ -46,9 +50,10 @@ class Augmentation:
       flip: flip each image left-right with probability 1/2.
       shift: largest translation, a fraction of height / width (uniform in [-shift, shift]).
       zoom: largest zoom: the scale is uniform in [1 - zoom, 1 + zoom]; > 1 zooms in (crops),
-        < 1 zooms out. Uncovered borders (shift, zoom-out) are black.
+        < 1 zooms out. Uncovered borders (shift, zoom-out) are black. Shift and zoom are
+        rounded to whole pixels of the source image.
       blur_prob: probability of a Gaussian blur per image.
-      blur_sigma: largest blur standard deviation in pixels (uniform in [0.1, blur_sigma]).
+      blur_sigma: largest blur standard deviation in output pixels (uniform in [0.1, blur_sigma]).
       erase_prob: probability of random erasing per image (0 = off).
       erase_area: (min, max) erased fraction of the image area.
       erase_aspect: smallest aspect ratio h / w of the erased rectangle (largest is its inverse).
@@ -70,32 +75,104 @@ class Augmentation:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if v is not None}
         return cls(**values)
 
-
-def _seeds(seed, n):
-    # The first two match the original flip/shift seeds, so the demo's batches did not change.
-    flip_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    extra = [tf.cast(tf.random.experimental.stateless_fold_in(seed, 1000 + i), flip_seed.dtype) for i in range(n - 2)]
-    return [flip_seed, shift_seed, *extra]
+    @property
+    def blurs(self):
+        return self.blur_prob > 0 and self.blur_sigma > 0
 
 
-def shift_zoom(images, seed, shift, zoom, rows=None):
-    """Translates by up to `shift` and scales by [1 - zoom, 1 + zoom], one bilinear resample.
+def _uniform(rows, shape, seed):
+    """Uniform [0, 1) draws of shape [rows.stop - rows.start, *shape]: rows of the draw for the whole global
+    batch, so that a row's numbers do not depend on which rows a process holds."""
+    return tf.random.stateless_uniform([rows.total, *shape], seed)[rows.start : rows.stop]
 
-    Each output image samples the normalised source box of size 1/scale centred at
-    (0.5 + dy, 0.5 + dx); pixels outside the source are black. `rows`: see `augment`.
+
+def _seeds(seed):
+    """(draw seed, erase seed) of a batch seed."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+
+
+class Draws(typing.NamedTuple):
+    """The random settings of b images."""
+
+    flip: tf.Tensor  # bool [b]
+    offset: tf.Tensor  # float32 [b, 2]: (dy, dx), fractions of height / width
+    scale: tf.Tensor  # float32 [b]: zoom, > 1 zooms in
+    sigma: tf.Tensor  # float32 [b]: blur std in output pixels, 0 = no blur
+
+
+def draw(seed, augmentation, rows):
+    """The flip / shift / zoom / blur draws of `rows` of the global batch seeded by `seed` (int [2]).
+
+    Each op has its own column of uniforms, so turning one on or off leaves the others' draws as they were.
     """
-    batch, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
-    rows = Rows.of(images, rows)
-    shift_seed, zoom_seed = tf.unstack(seed)
-    offsets = tf.zeros([batch, 2])
-    if shift > 0:
-        offsets = _uniform(rows, [2], shift_seed, -shift, shift)
-    size = tf.ones([batch, 1])
-    if zoom > 0:
-        size = 1.0 / _uniform(rows, [1], zoom_seed, 1.0 - zoom, 1.0 + zoom)
-    top_left = offsets + (1.0 - size) / 2  # exactly `offsets` without zoom: the demo's boxes unchanged
-    boxes = tf.concat([top_left, top_left + size], axis=1)  # [y1, x1, y2, x2]
-    return tf.image.crop_and_resize(images, boxes, tf.range(batch), tf.stack([h, w]))
+    a = augmentation
+    u = _uniform(rows, [6], _seeds(seed)[0])
+    flip = u[:, 0] < 0.5 if a.flip else tf.zeros_like(u[:, 0], tf.bool)
+    offset = a.shift * (2.0 * u[:, 1:3] - 1.0)
+    scale = 1.0 + a.zoom * (2.0 * u[:, 3] - 1.0)
+    sigma = tf.zeros_like(u[:, 0])
+    if a.blurs:
+        sigma = tf.where(u[:, 4] < a.blur_prob, 0.1 + (a.blur_sigma - 0.1) * u[:, 5], 0.0)
+    return Draws(flip, offset, scale, sigma)
+
+
+def crop_box(source_size, offset, scale):
+    """The integer source boxes of shifts + zooms: what the output images show.
+
+    The output shows the source box of size (h, w) / scale centred at ((0.5 + dy) h, (0.5 + dx) w),
+    rounded to whole source pixels; parts outside the source are black.
+    Args: source_size (h, w); offset float32 [..., 2] (dy, dx); scale float32 [...].
+    Returns int32 [..., 4]: (top, left, height, width); top / left may be negative.
+    """
+    hw = tf.cast(tf.stack(source_size), tf.float32)  # [2]
+    extent = tf.maximum(tf.round(hw / scale[..., None]), 1.0)
+    corner = tf.round(hw * (0.5 + offset) - extent / 2)
+    return tf.cast(tf.concat([corner, extent], axis=-1), tf.int32)
+
+
+def blurs_source(source_size, size):
+    """Whether the blur runs on the source (not smaller than the output: a blur costs its pixels) rather
+    than on the output."""
+    return source_size[0] * source_size[1] <= size[0] * size[1]
+
+
+def blur_radius(augmentation, source_size, size):
+    """Kernel radius (python int) that bounds every image's blur, in pixels of the image it runs on.
+
+    On the source, a blur of std s output pixels is one of s * (box size / output size) source pixels,
+    and boxes are at most source / (1 - zoom) + 1 pixels: the radius does not depend on the draws.
+    """
+    if not blurs_source(source_size, size):
+        return _radius(augmentation.blur_sigma)
+    largest = max((n / (1.0 - augmentation.zoom) + 1) / m for n, m in zip(source_size, size))
+    return _radius(augmentation.blur_sigma * largest)
+
+
+def _radius(max_sigma):
+    return max(1, math.ceil(2 * max_sigma))
+
+
+def gaussian_kernels(sigmas, radius):
+    """float32 [..., 2 * radius + 1] normalised Gaussians of std `sigmas` [...]; sigma 0 gives the identity."""
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernels = tf.exp(-0.5 * (x / tf.maximum(sigmas, 1e-3)[..., None]) ** 2)
+    return kernels / tf.reduce_sum(kernels, axis=-1, keepdims=True)
+
+
+def _depthwise_kernels(kernels, channels=3):
+    """Separable `kernels` [..., 2, 2r + 1] as depthwise conv filters: along height [..., 2r + 1, 1, C, 1],
+    along width [..., 1, 2r + 1, C, 1]."""
+    per_channel = tf.repeat(kernels[..., None, None], channels, axis=-2)  # [..., 2, 2r + 1, C, 1]
+    return per_channel[..., 0, :, None, :, :], per_channel[..., 1, None, :, :, :]
+
+
+def _blur(image, kernel_y, kernel_x):
+    """`image` (float32 [h, w, C]) blurred by depthwise filters `kernel_y`, `kernel_x` (`_depthwise_kernels`);
+    reflected borders, so a blur does not darken them."""
+    ry, rx = kernel_y.shape[0] // 2, kernel_x.shape[1] // 2
+    padded = tf.pad(image[None], [[0, 0], [ry, ry], [rx, rx], [0, 0]], mode="REFLECT")
+    blurred = tf.nn.depthwise_conv2d(padded, kernel_y, [1, 1, 1, 1], "VALID")
+    return tf.nn.depthwise_conv2d(blurred, kernel_x, [1, 1, 1, 1], "VALID")[0]
 
 
 def gaussian_blur(images, sigmas, max_sigma):
@@ -103,88 +180,175 @@ def gaussian_blur(images, sigmas, max_sigma):
 
     Args:
       images: float32 [B, h, w, C].
-      sigmas: float32 [B].
+      sigmas: float32 [B] (the same std along both axes) or [B, 2] (along height, along width).
       max_sigma: python float, the largest sigma: fixes the kernel radius ceil(2 * max_sigma).
     Borders are reflected, so a blur does not darken them.
     """
-    radius = max(1, int(-(-2 * max_sigma // 1)))
-    x = tf.range(-radius, radius + 1, dtype=tf.float32)
-    sig = tf.maximum(sigmas, 1e-3)[:, None]
-    kernels = tf.exp(-0.5 * (x[None, :] / sig) ** 2)
-    kernels = kernels / tf.reduce_sum(kernels, axis=1, keepdims=True)  # [B, 2r + 1]
-    batch, h, w, c = (tf.shape(images)[i] for i in range(4))
-    # Per-image kernels as a depthwise conv over the batch folded into channels: [1, h, w, B * C].
-    folded = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, h, w, batch * c])
-    folded = tf.pad(folded, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    per_channel = tf.repeat(kernels, c, axis=0)  # [B * C, 2r + 1]
-    kernel_y = tf.transpose(per_channel)[:, None, :, None]  # [2r + 1, 1, B * C, 1]
-    kernel_x = tf.transpose(per_channel)[None, :, :, None]  # [1, 2r + 1, B * C, 1]
-    folded = tf.nn.depthwise_conv2d(folded, kernel_y, [1, 1, 1, 1], "VALID")
-    folded = tf.nn.depthwise_conv2d(folded, kernel_x, [1, 1, 1, 1], "VALID")
-    return tf.transpose(tf.reshape(folded, [h, w, batch, c]), [2, 0, 1, 3])
+    sigmas = tf.convert_to_tensor(sigmas, tf.float32)
+    if sigmas.shape.rank == 1:
+        sigmas = tf.stack([sigmas, sigmas], axis=1)
+    kernel_y, kernel_x = _depthwise_kernels(gaussian_kernels(sigmas, _radius(max_sigma)), images.shape[-1])
+    return tf.map_fn(lambda args: _blur(*args), (images, kernel_y, kernel_x), fn_output_signature=images.dtype)
 
 
-def random_erasing(images, seed, prob, area, min_aspect, rows=None):
-    """Replaces one random rectangle per chosen image with uniform noise in [0, 255].
+class Plan(typing.NamedTuple):
+    """Everything random about b images of a batch, drawn for the whole batch at once so that the work
+    left for each image is a handful of ops (`apply`). Every field has b rows."""
 
-    With probability `prob` per image: area fraction s ~ U(area), aspect r = h/w with
-    log r ~ U(log min_aspect, -log min_aspect), rectangle h = sqrt(s r) H, w = sqrt(s / r) W
-    (clipped to the image), top-left uniform over the positions that keep it inside.
-    The noise of global row i is drawn from its own seed, fold_in(fold_in(seed, 1), i).
-    `rows`: see `augment`.
+    row: tf.Tensor  # int32 [b]: the image's row in the global batch (seeds its erasing noise)
+    begin: tf.Tensor  # int32 [b, 3]: the box's part inside the source: (top, left, 0) ...
+    extent: tf.Tensor  # int32 [b, 3]: ... and (height, width, -1)
+    paddings: tf.Tensor  # int32 [b, 3, 2]: the black rows / columns that make it the whole box
+    flip: tf.Tensor  # int32 [b]: 1 = mirror left-right
+    blur: tf.Tensor  # bool [b]
+    kernel_y: tf.Tensor  # float32 [b, 2r + 1, 1, 3, 1]: depthwise Gaussian along height (`blurs_source`)
+    kernel_x: tf.Tensor  # float32 [b, 1, 2r + 1, 3, 1]: along width
+    erase: tf.Tensor  # bool [b]
+    erase_box: tf.Tensor  # float32 [b, 4]: (top, left, height, width) in output pixels
+
+
+def plan(seed, augmentation, rows, source_size, size):
+    """The `Plan` of `rows` of the global batch seeded by `seed` (int [2]), for sources of python size
+    `source_size` (h, w) going to `size` (H, W)."""
+    a = augmentation
+    if not 0 <= a.zoom < 1 or a.shift < 0:
+        raise ValueError(f"zoom must be in [0, 1) and shift >= 0, got zoom {a.zoom}, shift {a.shift}")
+    d = draw(seed, a, rows)
+    box = crop_box(source_size, d.offset, d.scale)  # [b, 4]
+    hw = tf.constant(source_size, tf.int32)
+    inside_begin = tf.clip_by_value(box[:, :2], 0, hw)
+    inside_end = tf.clip_by_value(box[:, :2] + box[:, 2:], 0, hw)
+    b = tf.shape(box)[0]
+    zeros = tf.zeros([b, 1], tf.int32)
+    begin = tf.concat([inside_begin, zeros], axis=1)
+    extent = tf.concat([inside_end - inside_begin, zeros - 1], axis=1)
+    paddings = tf.stack([inside_begin - box[:, :2], box[:, :2] + box[:, 2:] - inside_end], axis=2)  # [b, 2, 2]
+    paddings = tf.concat([paddings, tf.zeros([b, 1, 2], tf.int32)], axis=1)
+    # A blur of std s output pixels is one of s * (box size / output size) source pixels.
+    radius = blur_radius(a, source_size, size) if a.blurs else 0
+    sigmas = tf.stack([d.sigma, d.sigma], axis=1)
+    if blurs_source(source_size, size):
+        sigmas *= tf.cast(box[:, 2:], tf.float32) / tf.constant(size, tf.float32)
+    erase_box, erase = _erase_boxes(_seeds(seed)[1], a, rows, size)
+    return Plan(tf.range(rows.start, rows.stop), begin, extent, paddings, tf.cast(d.flip, tf.int32),
+                d.sigma > 0, *_depthwise_kernels(gaussian_kernels(sigmas, radius)), erase, erase_box)
+
+
+def _erase_boxes(seed, a, rows, size):
+    """Random erasing's rectangles (float32 [b, 4]: top, left, height, width) and whether it happens.
+
+    Area fraction s ~ U(erase_area), aspect r = h/w with log r ~ U(log erase_aspect, -log erase_aspect),
+    rectangle h = sqrt(s r) H, w = sqrt(s / r) W (clipped to the image), top-left uniform over the
+    positions that keep it inside.
     """
-    h, w = tf.shape(images)[1], tf.shape(images)[2]
-    rows = Rows.of(images, rows)
-    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    hf, wf = float(size[0]), float(size[1])
     u = _uniform(rows, [5], seed)
-    s = area[0] + (area[1] - area[0]) * u[:, 0]
-    log_r = tf.math.log(min_aspect) * (1.0 - 2.0 * u[:, 1])
+    s = a.erase_area[0] + (a.erase_area[1] - a.erase_area[0]) * u[:, 0]
+    log_r = math.log(a.erase_aspect) * (1.0 - 2.0 * u[:, 1])
     eh = tf.minimum(tf.sqrt(s * tf.exp(log_r)) * hf, hf)
     ew = tf.minimum(tf.sqrt(s / tf.exp(log_r)) * wf, wf)
-    y0 = u[:, 2] * (hf - eh)
-    x0 = u[:, 3] * (wf - ew)
-    on = u[:, 4] < prob
-    ys = tf.range(h, dtype=tf.float32)[None, :] + 0.5
-    xs = tf.range(w, dtype=tf.float32)[None, :] + 0.5
-    in_y = (ys >= y0[:, None]) & (ys < (y0 + eh)[:, None])  # [B, h]
-    in_x = (xs >= x0[:, None]) & (xs < (x0 + ew)[:, None])  # [B, w]
-    mask = in_y[:, :, None] & in_x[:, None, :] & on[:, None, None]
-    noise_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-    noise = tf.map_fn(
-        lambda row: tf.random.stateless_uniform(
-            tf.shape(images)[1:], tf.random.experimental.stateless_fold_in(noise_seed, row), 0, 255
-        ),
-        tf.range(rows.start, rows.stop),
-        fn_output_signature=tf.float32,
+    return tf.stack([u[:, 2] * (hf - eh), u[:, 3] * (wf - ew), eh, ew], axis=1), u[:, 4] < a.erase_prob
+
+
+def _erase(image, box, noise_seed):
+    """`image` (float32 [h, w, C]) with the pixels whose centres fall in `box` replaced by noise in [0, 255]."""
+    h, w = image.shape[0], image.shape[1]
+    ys = tf.range(h, dtype=tf.float32) + 0.5
+    xs = tf.range(w, dtype=tf.float32) + 0.5
+    in_y = (ys >= box[0]) & (ys < box[0] + box[2])
+    in_x = (xs >= box[1]) & (xs < box[1] + box[3])
+    mask = in_y[:, None, None] & in_x[None, :, None]
+    return tf.where(mask, tf.random.stateless_uniform(tf.shape(image), noise_seed, 0, 255), image)
+
+
+def _maybe_blur(image, p):
+    # A cond: a blur is a third of an image's work, and only blur_prob of the images need it.
+    return tf.cond(p.blur, lambda: _blur(image, p.kernel_y, p.kernel_x), lambda: image)
+
+
+def apply(image, p, size, augmentation, seed):
+    """One image's augmentation: float32 [*size, 3] in [0, 255] from its source (uint8 / float32 [h, w, 3]).
+
+    Args:
+      image: the source image, of the size `p` was planned for.
+      p: the image's row of a `Plan` (each field without its batch dimension).
+      size: python (H, W) of the output.
+      augmentation: the `Augmentation` the plan was drawn for.
+      seed: the batch seed (int [2]): the erasing noise of global row i is drawn from
+        fold_in(fold_in(erase seed, 1), i).
+    The shift + zoom box, mirrored, then one bilinear resize to `size`; the blur runs before the resize when
+    the source is the smaller (its sigma scaled to source pixels), after it otherwise.
+    """
+    a = augmentation
+    crop = tf.pad(tf.slice(image, p.begin, p.extent), p.paddings)
+    crop = tf.reverse(crop, tf.range(1, 1 + p.flip))  # axis [1] or []: cheaper than a cond
+    crop = tf.cast(crop, tf.float32)  # resize reads float32 faster than uint8
+    on_source = blurs_source(image.shape[:2], size)
+    if a.blurs and on_source:
+        crop = _maybe_blur(crop, p)
+    out = tf.raw_ops.ResizeBilinear(images=crop[None], size=size, half_pixel_centers=True)[0]  # tf.image.resize's
+    if a.blurs and not on_source:
+        out = _maybe_blur(out, p)
+    if a.erase_prob > 0:
+        noise_seed = tf.random.experimental.stateless_fold_in(
+            tf.random.experimental.stateless_fold_in(_seeds(seed)[1], 1), p.row)
+        # Noise only for the images erased: drawing it costs as much as the rest of the augmentation.
+        out = tf.cond(p.erase, lambda: _erase(out, p.erase_box, noise_seed), lambda: out)
+    return out
+
+
+def _check(images):
+    if not images.shape[1:3].is_fully_defined():
+        raise ValueError(f"augmentation needs images of a static height and width, got {images.shape}")
+
+
+def augment_to_size(images, size, seed, augmentation=None, rows=None):
+    """Resizes a batch to `size` and augments it, with one resampling per image.
+
+    Args:
+      images: uint8 or float32 [B, h, w, 3] source images, values in [0, 255].
+      size: python (height, width) of the output.
+      seed, augmentation, rows: see `augment`.
+    Returns:
+      float32 [B, *size, 3] in [0, 255]: see `apply`.
+    """
+    images = tf.convert_to_tensor(images)
+    a = augmentation or Augmentation()
+    _check(images)
+    size = tuple(int(n) for n in size)
+    if tf.executing_eagerly():  # eagerly the per-image loop would run op by op: trace it once per settings
+        return _traced_batch(size, a, rows)(images, seed)
+    return _augment_batch(images, seed, size, a, rows)
+
+
+def _augment_batch(images, seed, size, a, rows):
+    p = plan(seed, a, Rows.of(images, rows), tuple(images.shape[1:3]), size)
+    return tf.map_fn(
+        lambda args: apply(args[0], Plan(*args[1:]), size, a, seed),
+        (images, *p),
+        fn_output_signature=tf.TensorSpec([*size, 3], tf.float32),
     )
-    return tf.where(mask[..., None], noise, images)
+
+
+@functools.lru_cache(maxsize=16)
+def _traced_batch(size, a, rows):
+    return tf.function(functools.partial(_augment_batch, size=size, a=a, rows=rows))
 
 
 def augment(images, seed, augmentation=None, rows=None, **settings):
-    """The paper's augmentation of a batch, drawn from a stateless seed.
+    """The paper's augmentation of a batch, drawn from a stateless seed; the output keeps the input's size.
 
     Args:
-      images: float32 [B, h, w, 3], values in [0, 255].
+      images: float32 (or uint8) [B, h, w, 3], values in [0, 255].
       seed: int [2] stateless seed; the same seed gives the same augmentation.
       augmentation: an `Augmentation`; or give its fields as keyword arguments
         (`augment(images, seed, flip=True, shift=0.1)`).
       rows: a `Rows` when `images` are rows [start, stop) of a global batch of `total`:
         each image is then augmented exactly as in the whole batch. None: the whole batch.
     Returns:
-      float32 [B, h, w, 3]: shift + zoom (one resample), then flip, blur, erasing.
+      float32 [B, h, w, 3]: see `apply`.
     """
+    images = tf.convert_to_tensor(images)
     a = augmentation or Augmentation(**settings)
-    flip_seed, shift_seed, zoom_seed, blur_seed, erase_seed = _seeds(seed, 5)
-    rows = Rows.of(images, rows)
-    if a.shift > 0 or a.zoom > 0:
-        images = shift_zoom(images, tf.stack([shift_seed, zoom_seed]), a.shift, a.zoom, rows)
-    if a.flip:
-        flips = _uniform(rows, [], flip_seed) < 0.5
-        images = tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    if a.blur_prob > 0 and a.blur_sigma > 0:
-        u = _uniform(rows, [2], blur_seed)
-        sigmas = tf.where(u[:, 0] < a.blur_prob, 0.1 + (a.blur_sigma - 0.1) * u[:, 1], 0.0)
-        images = gaussian_blur(images, sigmas, a.blur_sigma)
-    if a.erase_prob > 0:
-        images = random_erasing(images, erase_seed, a.erase_prob, a.erase_area, a.erase_aspect, rows)
-    return images
+    _check(images)
+    return augment_to_size(images, images.shape[1:3], seed, a, rows)

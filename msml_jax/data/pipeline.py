@@ -22,36 +22,59 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 import tensorflow as tf  # noqa: E402
 
-from msml_jax.data.augment import Augmentation, Rows, augment  # noqa: E402,F401  (augment: part of this API)
+from msml_jax.data.augment import Augmentation, Rows, apply, augment, plan  # noqa: E402,F401  (augment: this API's)
 
 # TensorFlow only feeds data: keep it off any accelerator JAX will use.
 tf.config.set_visible_devices([], "GPU")
 
 
 def _image_source(images):
-    """Returns fn(indices) -> float32 [B, h, w, 3] images before resizing, plus their size."""
+    """Returns (load, load_batch, size): load(index, size) -> uint8 [*size, 3], one image of the split
+    at `size`; load_batch(indices, size) -> uint8 [b, *size, 3]; `size` is the images' own size when
+    they all share one (None when they do not), so that training resamples them only once."""
     images = np.asarray(images)
     if images.dtype.kind in "SO":  # encoded files: decode each, resize to a common size later
         # Not `astype(bytes)`: numpy's fixed-width bytes drop trailing NULs (a BMP's last pixels).
         encoded = tf.constant([bytes(b) for b in images], tf.string)
+        # decode_jpeg when every file is a JPEG: decode_image's format dispatch costs a sixth of a decode.
+        decode = tf.io.decode_jpeg if all(bytes(b[:2]) == b"\xff\xd8" for b in images) else _decode
+        # The size of the first few files stands for all when they agree (one camera's crops); files of
+        # another size are resized to it on decoding.
+        sizes = {tuple(tf.shape(_decode(encoded[i])).numpy()[:2]) for i in range(min(16, len(images)))}
+        own = tuple(int(n) for n in sizes.pop()) if len(sizes) == 1 else None
 
-        def load(indices, size):
-            return tf.map_fn(
-                lambda s: tf.image.resize(tf.io.decode_image(s, channels=3, expand_animations=False), size),
-                tf.gather(encoded, indices),
-                fn_output_signature=tf.TensorSpec([*size, 3], tf.float32),
-            )
+        def load(index, size):
+            return _resized(decode(encoded[index], channels=3), size)
 
-        return load
+        def load_batch(indices, size):
+            return tf.map_fn(lambda i: load(i, size), indices, fn_output_signature=tf.TensorSpec([*size, 3], tf.uint8))
+
+        return load, load_batch, own
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"split images must be uint8 [N, H, W, 3] or encoded bytes, got {images.dtype} {images.shape}")
     table = tf.constant(images)
 
-    def load(indices, size):
-        batch = tf.cast(tf.gather(table, indices), tf.float32)
-        return batch if tuple(images.shape[1:3]) == tuple(size) else tf.image.resize(batch, size)
+    def load(index, size):
+        return _resized(table[index], size)
 
-    return load
+    def load_batch(indices, size):
+        batch = tf.gather(table, indices)
+        return batch if tuple(images.shape[1:3]) == tuple(size) else _to_uint8(tf.image.resize(batch, size))
+
+    return load, load_batch, tuple(images.shape[1:3])
+
+
+def _decode(data, channels=3):
+    return tf.io.decode_image(data, channels=channels, expand_animations=False)
+
+
+def _resized(image, size):
+    """uint8 [*size, 3]: `image` (uint8 [h, w, 3]) bilinearly resized to `size` unless it has that size."""
+    if image.shape[:2] == tuple(size):
+        return image
+    same = tf.reduce_all(tf.shape(image)[:2] == tf.constant(size))
+    image = tf.cond(same, lambda: image, lambda: _to_uint8(tf.image.resize(image, size)))
+    return tf.ensure_shape(image, [*size, 3])
 
 
 def _to_uint8(images):
@@ -79,19 +102,36 @@ def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True
     start, stop, _ = (rows or slice(0, P * K)).indices(P * K)
     part = Rows(start, stop, P * K)
     labels = tf.constant(np.searchsorted(sampler.identities, split["pids"]).astype(np.int32))
-    load = _image_source(split["images"])
+    load, _, source_size = _image_source(split["images"])
     size = tuple(image_size)
+    source_size = source_size or size  # images of several sizes: each resized to the output size first
     augmentation = Augmentation(flip=flip, shift=shift, **augmentation)
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops: nothing for AutoGraph to convert
-    def make_batch(step):
+    def batch_rows(step):
+        # Everything random is drawn here for the whole batch, a few numbers per image (`augment.plan`);
+        # the images then go one by one, as in plain tf.data, so the parallel map spreads them over the
+        # cores, and each costs only its decode, crop, blur and resize.
         indices = tf.numpy_function(lambda s: sampler.batch_indices(s)[start:stop], [step], tf.int64, stateful=False)
         indices.set_shape([stop - start])
-        images = augment(load(indices, size), tf.stack([tf.constant(seed, tf.int64), step]), augmentation, part)
-        return {"images": _to_uint8(images), "labels": tf.gather(labels, indices), "step": step}
+        seed_step = tf.stack([tf.constant(seed, tf.int64), step])
+        p = plan(seed_step, augmentation, part, source_size, size)
+        return tf.fill([stop - start], step), indices, p
 
-    ds = tf.data.Dataset.range(start_step, end_step)
-    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    @tf.autograph.experimental.do_not_convert
+    def make_image(step, index, p):
+        seed_step = tf.stack([tf.constant(seed, tf.int64), step])
+        image = apply(load(index, source_size), p, size, augmentation, seed_step)
+        # Bilinear resampling, blur and erasing noise keep values in [0, 255]: +0.5 and truncation round.
+        return tf.cast(image + 0.5, tf.uint8), index, step
+
+    @tf.autograph.experimental.do_not_convert
+    def make_batch(images, indices, steps):
+        return {"images": images, "labels": tf.gather(labels, indices), "step": steps[0]}
+
+    ds = tf.data.Dataset.range(start_step, end_step).map(batch_rows).unbatch()
+    ds = ds.map(make_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(stop - start).map(make_batch)
     if num_threads:
         options = tf.data.Options()
         options.threading.private_threadpool_size = int(num_threads)
@@ -119,7 +159,7 @@ def eval_dataset(split, *, batch_size, image_size, rows=None):
     `rows`: a python slice of each batch's rows to produce (this process's share); None: all.
     """
     n = len(split["pids"])
-    load = _image_source(split["images"])
+    _, load_batch, _ = _image_source(split["images"])
     size = tuple(image_size)
     start, stop, _ = (rows or slice(0, batch_size)).indices(batch_size)
 
@@ -128,7 +168,7 @@ def eval_dataset(split, *, batch_size, image_size, rows=None):
         positions = b * batch_size + tf.range(start, stop, dtype=tf.int64)
         mask = positions < n
         indices = tf.where(mask, positions, 0)
-        return {"images": _to_uint8(load(indices, size)), "mask": mask}
+        return {"images": load_batch(indices, size), "mask": mask}
 
     num_batches = -(-n // batch_size)
     return tf.data.Dataset.range(num_batches).map(make_batch).prefetch(2)
