@@ -155,7 +155,7 @@ def train_dataset_from_config(split, sampler, data_config, start_step, end_step,
 def eval_dataset(split, *, batch_size, image_size, rows=None):
     """The split in order, in batches of exactly `batch_size` (one compile).
 
-    The last batch is padded by repeating image 0; `mask` bool [B] marks real images.
+    The last batch is padded by repeating image 0: the first N mod batch_size rows of it are real.
     `rows`: a python slice of each batch's rows to produce (this process's share); None: all.
     """
     n = len(split["pids"])
@@ -166,9 +166,8 @@ def eval_dataset(split, *, batch_size, image_size, rows=None):
     @tf.autograph.experimental.do_not_convert
     def make_batch(b):
         positions = b * batch_size + tf.range(start, stop, dtype=tf.int64)
-        mask = positions < n
-        indices = tf.where(mask, positions, 0)
-        return {"images": load_batch(indices, size), "mask": mask}
+        indices = tf.where(positions < n, positions, 0)
+        return {"images": load_batch(indices, size)}
 
     num_batches = -(-n // batch_size)
     return tf.data.Dataset.range(num_batches).map(make_batch).prefetch(2)
