@@ -74,3 +74,80 @@ def test_a_damaged_or_foreign_mat_file_is_named_with_the_fix(tmp_path):
     damaged.write_bytes(b"MATLAB 5.0 MAT-file, truncated")
     with pytest.raises(UserError, match=r"cannot read .*tracks_train_info.mat .*: fix it"):
         load_mat(str(damaged), "track_train_info", "fix it")
+
+
+def test_a_truncated_release_zip_is_named(tmp_path):
+    from tests.builder_fakes import zip_folder
+
+    root = fake.make(str(tmp_path / "manual"))
+    archive = zip_folder(root, str(tmp_path / "manual" / "VIPeR.v1.0.zip"))
+    shutil.rmtree(root)
+    truncate(archive)
+    with pytest.raises(UserError, match=r"VIPeR.v1.0.zip is not a readable zip or tar \(a truncated or damaged "
+                                        r"download\?\): download it again"):
+        build(viper.Viper, str(tmp_path / "manual"), str(tmp_path / "data"))
+    assert listing(str(tmp_path / "data")) == []
+
+
+def _encoded(kind, pixels):
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    if kind == "grayscale":
+        Image.fromarray(pixels[..., 0]).save(out, "PNG")
+    elif kind == "cmyk":
+        Image.fromarray(pixels).convert("CMYK").save(out, "JPEG", quality=100)
+    elif kind == "16-bit":
+        image = Image.new("I;16", pixels.shape[1::-1])
+        image.frombytes((pixels[..., 0].astype("<u2") * 257).tobytes())
+        image.save(out, "PNG")
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([pixels, pixels[..., :1]])).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["grayscale", "cmyk", "16-bit", "rgba"])
+def test_unusual_but_valid_images_decode_as_rgb_in_the_builder_check_and_the_pipelines(kind):
+    from msml_jax.data.builders.common import decode_image, rgb_if_cmyk
+    from msml_jax.data.pipeline import eval_dataset
+
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 8, 3), np.uint8)
+    original = _encoded(kind, pixels)
+    data = rgb_if_cmyk(original, kind)  # what the builder stores (read_checked)
+    assert (data != original) == (kind == "cmyk")
+    decoded = decode_image(data, kind)
+    # What each kind keeps of the pixels, independently of TensorFlow: grey (channel 0) for the one-channel
+    # kinds, RGB otherwise; CMYK goes through a lossy JPEG, so against Pillow's decoding of that file.
+    if kind == "cmyk":
+        import io
+
+        from PIL import Image
+
+        want = np.asarray(Image.open(io.BytesIO(original)).convert("RGB"))
+    else:
+        want = np.repeat(pixels[..., :1], 3, -1) if kind in ("grayscale", "16-bit") else pixels
+    assert decoded.shape == (16, 8, 3) and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - want).max() <= (2 if kind == "cmyk" else 1)
+    split = {"images": np.array([data, data], dtype=object), "pids": np.array([0, 1]), "camids": np.array([0, 1])}
+    (batch,) = eval_dataset(split, batch_size=2, image_size=(16, 8)).as_numpy_iterator()
+    np.testing.assert_array_equal(batch["images"][0], decoded)
+
+
+def test_a_zero_byte_image_is_named_and_a_1x1_image_is_accepted(tmp_path):
+    import io
+
+    from PIL import Image
+
+    root = fake.make(str(tmp_path / "manual"))
+    open(os.path.join(root, "cam_a", "005_90.bmp"), "wb").close()
+    with pytest.raises(UserError, match=r"cam_a/005_90.bmp.*Input is empty.*skip_corrupt"):
+        build(viper.Viper, str(tmp_path / "manual"), str(tmp_path / "data"))
+    out = io.BytesIO()
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(out, "BMP")
+    with open(os.path.join(root, "cam_a", "005_90.bmp"), "wb") as f:
+        f.write(out.getvalue())
+    builder = build(viper.Viper, str(tmp_path / "manual"), str(tmp_path / "data2"))
+    (one,) = [ex for ex in read_split(builder, "cam_a") if ex["file_name"].endswith("005_90.bmp")]
+    assert one["image"].shape == (1, 1, 3) and (one["image"] == 200).all()  # kept; the pipeline resizes it

@@ -60,3 +60,12 @@ def test_rewind_keeps_what_an_uninterrupted_run_wrote_before_the_checkpoint(tmp_
 def test_rewind_without_metrics_file_writes_none(tmp_path):
     _rewind_metrics(str(tmp_path), 3, 6)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_line_cut_short_by_a_kill_is_dropped_with_a_warning_naming_it(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    text = "".join(json.dumps(r) + "\n" for r in [*E(0), T(1), T(2), T(3), *E(3), T(4)])
+    path.write_text(text + json.dumps(T(5))[:9])  # the process died in the middle of writing step 5
+    _rewind_metrics(str(tmp_path), 3, 6)
+    assert _read(path) == [*E(0), T(1), T(2), T(3), *E(3)]
+    assert f"{path} line 9 is not valid JSON" in capsys.readouterr().err

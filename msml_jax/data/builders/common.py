@@ -82,6 +82,31 @@ def decode_image(data, name):
     return image
 
 
+def rgb_if_cmyk(data, name):
+    """`data`, or a PNG of its RGB pixels when it is a CMYK JPEG (logged, naming the file).
+
+    TensorFlow's decoder, used per batch by the input pipeline, turns CMYK JPEGs into RGB with colours off by up to
+    a quarter of the range (measured: 57 / 255 against the source pixels, Pillow: 1), so the builder stores such an
+    image converted by Pillow instead.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return data
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.mode != "CMYK":
+                return data
+            out = io.BytesIO()
+            image.convert("RGB").save(out, "PNG")
+    except (OSError, ValueError):  # not decodable by Pillow either: decode_image names it
+        return data
+    logging.warning("%s is a CMYK JPEG: stored as an RGB PNG converted by Pillow", name)
+    return out.getvalue()
+
+
 def _archive_root(names, marker):
     """The shortest member prefix `p` such that `p + marker` is a member (file or folder), else None."""
     best = None
@@ -118,6 +143,7 @@ def find_release(manual_dir, marker, archives, instructions, tmp_parent=None):
     files = sorted(os.listdir(manual_dir))
     candidates = [n for n in archives if n in files] + [
         n for n in files if n.lower().endswith(ARCHIVE_SUFFIXES) and n not in archives]
+    unreadable = []
     for name in candidates:
         path = os.path.join(manual_dir, name)
         if zipfile.is_zipfile(path):
@@ -125,6 +151,7 @@ def find_release(manual_dir, marker, archives, instructions, tmp_parent=None):
         elif tarfile.is_tarfile(path):
             opener, names = tarfile.open, lambda a: a.getnames()
         else:
+            unreadable.append(path)  # e.g. a download cut short: a zip without its central directory
             continue
         with opener(path) as archive:
             root = _archive_root(names(archive), marker)
@@ -145,6 +172,9 @@ def find_release(manual_dir, marker, archives, instructions, tmp_parent=None):
                     raise UserError(f"cannot extract {path} ({e}): download the archive again") from e
                 raise
         return os.path.join(tmp_dir, root), tmp_dir
+    if unreadable:
+        raise UserError(f"found no {marker!r} in {manual_dir}, and {', '.join(unreadable)} is not a readable zip or tar "
+                        f"(a truncated or damaged download?): download it again.\n{instructions}")
     raise UserError(f"found no {marker!r} in {manual_dir}, neither extracted nor in an archive there.\n{instructions}")
 
 
@@ -240,6 +270,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         except OSError as e:
             raise UserError(f"cannot read image {name} ({e}): re-extract the release") from e
         try:
+            data = rgb_if_cmyk(data, name)
             return data, decode_image(data, name)
         except CorruptImageError as e:
             if not self.skip_corrupt:
