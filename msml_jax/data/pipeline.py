@@ -1,7 +1,8 @@
 """tf.data input pipelines: PK-sampled, augmented training batches and ordered evaluation batches.
 
 A split is a dict of numpy arrays: `images` (uint8 [N, H, W, 3], or encoded
-JPEG/PNG bytes [N]), `pids` int [N], `camids` int [N]. Batches come out as numpy
+JPEG/PNG bytes [N], or a lazy `source.EncodedImages` whose batches are read by index
+from the prepared files), `pids` int [N], `camids` int [N]. Batches come out as numpy
 dicts with uint8 `images` [B, h, w, 3]; normalisation happens on the accelerator.
 
 The training batch of global step s is a pure function of (seed, s): the PK
@@ -22,6 +23,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 import tensorflow as tf  # noqa: E402
 
+from msml_jax.data import source  # noqa: E402
 from msml_jax.data.augment import Augmentation, Rows, augment  # noqa: E402,F401  (augment: part of this API)
 
 # TensorFlow only feeds data: keep it off any accelerator JAX will use.
@@ -30,19 +32,29 @@ tf.config.set_visible_devices([], "GPU")
 
 def _image_source(images):
     """Returns fn(indices) -> float32 [B, h, w, 3] images before resizing, plus their size."""
-    images = np.asarray(images)
-    if images.dtype.kind in "SO":  # encoded files: decode each, resize to a common size later
-        # Not `astype(bytes)`: numpy's fixed-width bytes drop trailing NULs (a BMP's last pixels).
-        encoded = tf.constant([bytes(b) for b in images], tf.string)
+    if source.is_encoded(images):  # encoded files: decode each, resize to a common size later
+        if isinstance(images, source.EncodedImages):
+            # Read from the prepared files only the batch's images: memory does not grow with the dataset.
+            def gather(indices):
+                encoded = tf.numpy_function(
+                    lambda i: np.array(images.fetch(i), dtype=object), [indices], tf.string, stateful=False)
+                return tf.ensure_shape(encoded, indices.shape)
+        else:
+            # Not `astype(bytes)`: numpy's fixed-width bytes drop trailing NULs (a BMP's last pixels).
+            encoded_table = tf.constant([bytes(b) for b in np.asarray(images)], tf.string)
+
+            def gather(indices):
+                return tf.gather(encoded_table, indices)
 
         def load(indices, size):
             return tf.map_fn(
                 lambda s: tf.image.resize(tf.io.decode_image(s, channels=3, expand_animations=False), size),
-                tf.gather(encoded, indices),
+                gather(indices),
                 fn_output_signature=tf.TensorSpec([*size, 3], tf.float32),
             )
 
         return load
+    images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"split images must be uint8 [N, H, W, 3] or encoded bytes, got {images.dtype} {images.shape}")
     table = tf.constant(images)
@@ -137,6 +149,6 @@ def eval_dataset(split, *, batch_size, image_size, rows=None):
 def image_reader(split):
     """fn(index) -> uint8 [H, W, 3]: one image of `split` at its stored size, decoded on demand (for pictures)."""
     images = split["images"]
-    if np.asarray(images).dtype.kind in "SO":
-        return lambda i: tf.io.decode_image(bytes(images[i]), channels=3, expand_animations=False).numpy()
+    if source.is_encoded(images):
+        return lambda i: tf.io.decode_image(source.fetch(images, [i])[0], channels=3, expand_animations=False).numpy()
     return lambda i: np.asarray(images[i])
