@@ -56,14 +56,16 @@ def mars_both(tmp_path_factory):
     lazy = build(Mars, manual, str(tmp_path_factory.mktemp("ar")), file_format="array_record")
     whole = build(Mars, manual, str(tmp_path_factory.mktemp("tfr")))
     assert builders.random_access(lazy) and not builders.random_access(whole)
-    return {s: (builders.read_split(lazy, s), builders.read_split(whole, s)) for s in ("train", "gallery")}
+    out = {s: (builders.read_split(lazy, s), builders.read_split(whole, s)) for s in ("train", "gallery")}
+    out["data_dirs"] = (str(lazy.data_dir_root), str(whole.data_dir_root))
+    return out
 
 
 def test_lazy_split_holds_the_same_examples_and_gives_the_same_batches(mars_both):
     from msml_jax.data import pipeline
     from msml_jax.data.sampling import PKSampler
 
-    for lazy, whole in mars_both.values():
+    for lazy, whole in (mars_both["train"], mars_both["gallery"]):
         assert isinstance(lazy["images"], source.RecordImages) and whole["images"].dtype == object
         assert sorted(lazy) == sorted(whole)
         for key in whole:
@@ -123,3 +125,13 @@ def test_reading_a_split_does_not_hold_its_encoded_images(tmp_path, monkeypatch)
     assert peak < encoded / 10, (peak, encoded)
     eager = builders.read_split(builder, "train", lazy=False)  # the in-memory path does hold them
     assert sum(len(b) for b in eager["images"]) == encoded
+
+
+def test_load_reads_data_prepared_as_tfrecord_whole_and_array_record_lazily(mars_both):
+    from msml_jax.data import builders
+
+    lazy_dir, whole_dir = mars_both["data_dirs"]
+    lazy, whole = builders.load("mars", lazy_dir), builders.load("mars", whole_dir)
+    assert isinstance(lazy["gallery"]["images"], source.RecordImages)
+    assert isinstance(whole["gallery"]["images"], np.ndarray)
+    assert list(lazy["gallery"]["images"]) == list(whole["gallery"]["images"]) == list(mars_both["gallery"][1]["images"])
