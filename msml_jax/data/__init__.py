@@ -1,7 +1,8 @@
 """Data: datasets as splits of numpy arrays, PK sampling, and tf.data pipelines.
 
 A split is a dict of numpy arrays: `images` (uint8 [N, H, W, 3], or encoded JPEG/PNG
-bytes object [N]), `pids` int [N], `camids` int [N] (extras allowed).
+bytes object [N], or `source.EncodedImages` read by index from a prepared dataset's files),
+`pids` int [N], `camids` int [N] (extras allowed).
 
 The re-ID TFDS builders (`msml_jax.data.builders`: market1501, cuhk03, mars, cuhk_sysu,
 viper, prid2011, folder) are registered with TFDS when that package is first imported,
@@ -115,28 +116,35 @@ def union(train_splits):
     offset_i = number of identities of datasets 0..i-1, so pids are 0..total-1 and never
     collide across datasets. `dataset` int32 [N] says where each image came from; `source_pids`
     keeps the original pids. Images are encoded bytes as soon as one dataset has encoded
-    images (raw uint8 images are PNG-encoded then; sizes may differ, the pipeline resizes).
+    images (raw uint8 images are PNG-encoded then; sizes may differ, the pipeline resizes);
+    lazily read images stay where they are (`source.concatenate` maps a global index to a
+    dataset and its own index), so the union holds no dataset's bytes.
     """
+    from msml_jax.data import source
+
     if len(train_splits) == 1:
         return train_splits[0]
-    encoded = any(np.asarray(s["images"]).dtype.kind in "SO" for s in train_splits)
+    encoded = any(source.is_encoded(s["images"]) for s in train_splits)
     parts, offset = [], 0
     for i, split in enumerate(train_splits):
         identities, relabelled = np.unique(split["pids"], return_inverse=True)
         images = split["images"]
-        if encoded and np.asarray(images).dtype.kind not in "SO":
+        if encoded and not source.is_encoded(images):
             import tensorflow as tf
 
             images = np.array([tf.io.encode_png(im).numpy() for im in images], dtype=object)
         parts.append({
-            "images": np.asarray(images, dtype=object) if encoded else images,
+            "images": images,
             "pids": (offset + relabelled).astype(np.int64),
             "camids": np.asarray(split["camids"]).astype(np.int64),
             "source_pids": np.asarray(split["pids"]).astype(np.int64),
             "dataset": np.full(len(relabelled), i, np.int32),
         })
         offset += len(identities)
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    images = [p["images"] for p in parts]
+    out = {"images": source.concatenate(images) if encoded else np.concatenate(images)}
+    out.update({k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "images"})
+    return out
 
 
 def load_datasets(data_config):

@@ -1,7 +1,8 @@
 """tf.data input pipelines: PK-sampled, augmented training batches and ordered evaluation batches.
 
 A split is a dict of numpy arrays: `images` (uint8 [N, H, W, 3], or encoded
-JPEG/PNG bytes [N]), `pids` int [N], `camids` int [N]. Batches come out as numpy
+JPEG/PNG bytes [N], or a lazy `source.EncodedImages` whose batches are read by index
+from the prepared files), `pids` int [N], `camids` int [N]. Batches come out as numpy
 dicts with uint8 `images` [B, h, w, 3]; normalisation happens on the accelerator.
 
 The training batch of global step s is a pure function of (seed, s): the PK
@@ -22,6 +23,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 import tensorflow as tf  # noqa: E402
 
+from msml_jax.data import source  # noqa: E402
 from msml_jax.data.augment import Augmentation, Rows, apply, augment, plan  # noqa: E402,F401  (augment: this API's)
 
 # TensorFlow only feeds data: keep it off any accelerator JAX will use.
@@ -31,25 +33,44 @@ tf.config.set_visible_devices([], "GPU")
 def _image_source(images):
     """Returns (load, load_batch, size): load(index, size) -> uint8 [*size, 3], one image of the split
     at `size`; load_batch(indices, size) -> uint8 [b, *size, 3]; `size` is the images' own size when
-    they all share one (None when they do not), so that training resamples them only once."""
-    images = np.asarray(images)
-    if images.dtype.kind in "SO":  # encoded files: decode each, resize to a common size later
-        # Not `astype(bytes)`: numpy's fixed-width bytes drop trailing NULs (a BMP's last pixels).
-        encoded = tf.constant([bytes(b) for b in images], tf.string)
-        # decode_jpeg when every file is a JPEG: decode_image's format dispatch costs a sixth of a decode.
-        decode = tf.io.decode_jpeg if all(bytes(b[:2]) == b"\xff\xd8" for b in images) else _decode
+    they all share one (None when they do not), so that training resamples them only once.
+
+    Encoded images held in memory are copied into one string tensor; a lazy `source.EncodedImages` (a prepared
+    ArrayRecord split) is read by index, only the images a batch needs, so memory does not grow with the dataset.
+    """
+    if source.is_encoded(images):  # encoded files: decode each, resize to a common size later
+        first = source.fetch(images, np.arange(min(16, len(images))))
+        if isinstance(images, source.EncodedImages):
+            def encoded_at(indices):
+                data = tf.numpy_function(lambda i: np.array(images.fetch(i), dtype=object), [indices], tf.string,
+                                         stateful=False)
+                return tf.ensure_shape(data, indices.shape)
+
+            # Checking every file's format would read them all: decode_image dispatches per file.
+            decode = _decode
+        else:
+            # Not `astype(bytes)`: numpy's fixed-width bytes drop trailing NULs (a BMP's last pixels).
+            table = tf.constant([bytes(b) for b in np.asarray(images)], tf.string)
+
+            def encoded_at(indices):
+                return tf.gather(table, indices)
+
+            # decode_jpeg when every file is a JPEG: decode_image's format dispatch costs a sixth of a decode.
+            decode = tf.io.decode_jpeg if all(bytes(b[:2]) == b"\xff\xd8" for b in np.asarray(images)) else _decode
         # The size of the first few files stands for all when they agree (one camera's crops); files of
         # another size are resized to it on decoding.
-        sizes = {tuple(tf.shape(_decode(encoded[i])).numpy()[:2]) for i in range(min(16, len(images)))}
+        sizes = {tuple(_decode(data).shape[:2]) for data in first}
         own = tuple(int(n) for n in sizes.pop()) if len(sizes) == 1 else None
 
         def load(index, size):
-            return _resized(decode(encoded[index], channels=3), size)
+            return _resized(decode(encoded_at(index[None])[0], channels=3), size)
 
         def load_batch(indices, size):
-            return tf.map_fn(lambda i: load(i, size), indices, fn_output_signature=tf.TensorSpec([*size, 3], tf.uint8))
+            return tf.map_fn(lambda data: _resized(decode(data, channels=3), size), encoded_at(indices),
+                             fn_output_signature=tf.TensorSpec([*size, 3], tf.uint8))
 
         return load, load_batch, own
+    images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"split images must be uint8 [N, H, W, 3] or encoded bytes, got {images.dtype} {images.shape}")
     table = tf.constant(images)
@@ -176,6 +197,6 @@ def eval_dataset(split, *, batch_size, image_size, rows=None):
 def image_reader(split):
     """fn(index) -> uint8 [H, W, 3]: one image of `split` at its stored size, decoded on demand (for pictures)."""
     images = split["images"]
-    if np.asarray(images).dtype.kind in "SO":
-        return lambda i: tf.io.decode_image(bytes(images[i]), channels=3, expand_animations=False).numpy()
+    if source.is_encoded(images):
+        return lambda i: tf.io.decode_image(source.fetch(images, [i])[0], channels=3, expand_animations=False).numpy()
     return lambda i: np.asarray(images[i])

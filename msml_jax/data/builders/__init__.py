@@ -17,28 +17,76 @@ for _name in BUILDERS:
         importlib.import_module(f"{__name__}.{_name}")
 
 
-def read_split(builder, split):
-    """A prepared split as a dict of numpy arrays: `images` encoded bytes object [N], `pids`, `camids`, ...
+def random_access(builder):
+    """Whether `builder`'s prepared files can be read by index (ArrayRecord) rather than only streamed (TFRecord)."""
+    import tensorflow_datasets as tfds
+
+    formats = tfds.core.file_adapters.FileFormat.with_random_access()
+    return builder.info.file_format in formats and importlib.util.find_spec("array_record") is not None
+
+
+def _convert(key, value, out):
+    import numpy as np
+
+    value = np.asarray(value)
+    if key in ("pid", "camid"):
+        out[key + "s"] = value.astype(np.int64)
+    elif value.dtype.kind in "SO":
+        out[key] = np.array([v.decode() for v in value], dtype=object)
+    else:
+        out[key] = value
+
+
+# Serialized examples (images included) read at once when collecting a split's small features: the memory
+# this takes is bounded at any dataset size (4096 MARS frames of about 10 KB: 40 MB).
+_METADATA_BATCH = 4096
+
+
+def read_split(builder, split, lazy=None):
+    """A prepared split as a dict: `images` (encoded bytes [N]), `pids`, `camids` int64 [N], the extras.
 
     Images stay encoded (the tf.data pipeline decodes them per batch); text features become str.
+    Data prepared as ArrayRecord (`random_access`): `images` is a `source.RecordImages` reading each image
+    from the split's files when asked, so memory holds only the small features (lazy=False: read them all
+    into a numpy object array instead). Data prepared as TFRecord: the whole split's bytes are read into a
+    numpy object array (lazy=True refuses).
     """
     import numpy as np
     import tensorflow_datasets as tfds
 
-    ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False,
-                            decoders={"image": tfds.decode.SkipDecoding()})
-    arrays = tfds.as_numpy(ds)
-    out = {}
-    for key, value in arrays.items():
-        value = np.asarray(value)
-        if key == "image":
-            out["images"] = value.astype(object)
-        elif key in ("pid", "camid"):
-            out[key + "s"] = value.astype(np.int64)
-        elif value.dtype.kind in "SO":
-            out[key] = np.array([v.decode() for v in value], dtype=object)
-        else:
-            out[key] = value
+    from msml_jax.data import source
+
+    skip = {"image": tfds.decode.SkipDecoding()}
+    if not random_access(builder):
+        if lazy:
+            raise ValueError(f"{builder.name} in {builder.data_dir} is not prepared as ArrayRecord: it is read whole")
+        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False, decoders=skip))
+        out = {}
+        for key, value in arrays.items():
+            if key == "image":
+                out["images"] = np.asarray(value).astype(object)
+            else:
+                _convert(key, value, out)
+        return out
+    # The small features, parsed from the serialized examples a chunk at a time (TFDS has no as_dataset for
+    # ArrayRecord files): memory holds them and one chunk's records, never all the images.
+    import tensorflow as tf
+
+    serialized = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    spec = {k: tf.io.FixedLenFeature(v.shape, v.tf_dtype)
+            for k, v in builder.info.features.get_serialized_info().items() if k != "image"}
+    n, chunks = len(serialized), []
+    for start in range(0, n, _METADATA_BATCH):
+        chunks.append(tf.io.parse_example(serialized.__getitems__(list(range(start, min(start + _METADATA_BATCH, n)))),
+                                          spec))
+    out = {"images": source.RecordImages(builder.as_data_source(split, decoders=skip))}
+    for key in spec:
+        values = [c[key].numpy() for c in chunks]
+        _convert(key, np.concatenate(values) if values else np.zeros((0, *spec[key].shape), np.int64), out)
+    if len(out["images"]) != len(out["pids"]):
+        raise ValueError(f"{builder.name} {split}: {len(out['images'])} images but {len(out['pids'])} examples")
+    if lazy is False:
+        out["images"] = np.array(list(out["images"]), dtype=object)
     return out
 
 
@@ -54,7 +102,9 @@ def load(name, data_dir, manual_dir=None, skip_corrupt=False, trial=0, protocol=
         whose protocols use different splits (CUHK03: new or classic).
     """
     import tensorflow_datasets as tfds
+    from absl import logging
 
+    from msml_jax.data.builders import common
     from msml_jax.errors import UserError
 
     if name not in BUILDERS or importlib.util.find_spec(f"{__name__}.{name}") is None:
@@ -62,8 +112,16 @@ def load(name, data_dir, manual_dir=None, skip_corrupt=False, trial=0, protocol=
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt)
     if not builder.is_prepared():
-        # ReidBuilder.download_and_prepare removes what a failed build created in data_dir.
+        # ArrayRecord files so that images are read by index (read_split); ReidBuilder.download_and_prepare
+        # removes what a failed build created in data_dir.
+        builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt,
+                               file_format=common.default_file_format())
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
+    elif not random_access(builder):
+        logging.warning(
+            "%s in %s was prepared as %s files, which are only read whole: its images are held in memory. To read "
+            "them by index instead, delete %s and run again (it is prepared as ArrayRecord then)",
+            name, data_dir, builder.info.file_format.value, builder.data_dir)
     module = importlib.import_module(f"{__name__}.{name}")
     read = functools.partial(read_split, builder)
     if hasattr(module, "protocol_splits"):  # datasets whose protocol picks or draws its splits

@@ -310,14 +310,24 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             self._tmp_dirs = []
 
 
-def prepare(name, data_dir, manual_dir, skip_corrupt=False, config=None):
+def default_file_format():
+    """The format datasets are prepared in: ArrayRecord (read by index, `builders.read_split`) when the
+    `array_record` package is installed, else TFRecord (read whole into memory)."""
+    import importlib.util
+
+    return "array_record" if importlib.util.find_spec("array_record") is not None else "tfrecord"
+
+
+def prepare(name, data_dir, manual_dir, skip_corrupt=False, config=None, file_format=None):
     """Builds dataset `name` (a registered builder) from `manual_dir` into `data_dir`; returns the builder.
 
+    file_format: "array_record" or "tfrecord" (None: `default_file_format()`).
     Raises UserError for a missing or broken release; a failed build leaves `data_dir` as it was.
     """
     if name not in tfds.list_builders():
         raise UserError(f"unknown dataset {name!r}: registered builders are {sorted(tfds.list_builders())}")
     kwargs = {"config": config} if config else {}
-    builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt, **kwargs)
+    builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt,
+                           file_format=file_format or default_file_format(), **kwargs)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
