@@ -30,59 +30,64 @@ from msml_jax.data.augment import Augmentation, Rows, apply, augment, plan  # no
 tf.config.set_visible_devices([], "GPU")
 
 
-def _image_source(images):
-    """Returns (load, load_batch, size): load(index, size) -> uint8 [*size, 3], one image of the split
-    at `size`; load_batch(indices, size) -> uint8 [b, *size, 3]; `size` is the images' own size when
-    they all share one (None when they do not), so that training resamples them only once.
+class _Source:
+    """How a split's images are read: `fetch(indices)` -> one item per index (an encoded file as a tf.string, or
+    uint8 pixels), `to_image(item, size)` -> uint8 [*size, 3], `load_batch(indices, size)` -> uint8 [b, *size,
+    3]; `size` is the images' own size when they all share one (None when they do not), so that training
+    resamples them only once.
 
     Encoded images held in memory are copied into one string tensor; a lazy `source.EncodedImages` (a prepared
-    ArrayRecord split) is read by index, only the images a batch needs, so memory does not grow with the dataset.
+    ArrayRecord split) is read by index, one Python call per batch for only the images it needs, so memory does
+    not grow with the dataset.
     """
-    if source.is_encoded(images):  # encoded files: decode each, resize to a common size later
-        first = source.fetch(images, np.arange(min(16, len(images))))
-        if isinstance(images, source.EncodedImages):
-            def encoded_at(indices):
-                data = tf.numpy_function(lambda i: np.array(images.fetch(i), dtype=object), [indices], tf.string,
-                                         stateful=False)
-                return tf.ensure_shape(data, indices.shape)
 
-            # Checking every file's format would read them all: decode_image dispatches per file.
-            decode = _decode
+    def __init__(self, images):
+        if source.is_encoded(images):  # encoded files: decode each, resize to a common size later
+            first = source.fetch(images, np.arange(min(16, len(images))))
+            if isinstance(images, source.EncodedImages):
+                def fetch(indices):
+                    data = tf.numpy_function(lambda i: np.array(images.fetch(i), dtype=object), [indices],
+                                             tf.string, stateful=False)
+                    return tf.ensure_shape(data, indices.shape)
+
+                self._decode = _decode  # checking every file's format would read them all: dispatch per file
+            else:
+                # Not `astype(bytes)`: numpy's fixed-width bytes drop trailing NULs (a BMP's last pixels).
+                table = tf.constant([bytes(b) for b in np.asarray(images)], tf.string)
+
+                def fetch(indices):
+                    return tf.gather(table, indices)
+
+                # decode_jpeg when every file is a JPEG: decode_image's format dispatch costs a sixth of a decode.
+                jpeg = all(bytes(b[:2]) == b"\xff\xd8" for b in np.asarray(images))
+                self._decode = tf.io.decode_jpeg if jpeg else _decode
+            # The size of the first few files stands for all when they agree (one camera's crops); files of
+            # another size are resized to it on decoding.
+            sizes = {tuple(_decode(data).shape[:2]) for data in first}
+            self.size = tuple(int(n) for n in sizes.pop()) if len(sizes) == 1 else None
+            self.encoded = True
         else:
-            # Not `astype(bytes)`: numpy's fixed-width bytes drop trailing NULs (a BMP's last pixels).
-            table = tf.constant([bytes(b) for b in np.asarray(images)], tf.string)
+            images = np.asarray(images)
+            if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+                raise ValueError(f"split images must be uint8 [N, H, W, 3] or encoded bytes, got {images.dtype} "
+                                 f"{images.shape}")
+            table = tf.constant(images)
 
-            def encoded_at(indices):
+            def fetch(indices):
                 return tf.gather(table, indices)
 
-            # decode_jpeg when every file is a JPEG: decode_image's format dispatch costs a sixth of a decode.
-            decode = tf.io.decode_jpeg if all(bytes(b[:2]) == b"\xff\xd8" for b in np.asarray(images)) else _decode
-        # The size of the first few files stands for all when they agree (one camera's crops); files of
-        # another size are resized to it on decoding.
-        sizes = {tuple(_decode(data).shape[:2]) for data in first}
-        own = tuple(int(n) for n in sizes.pop()) if len(sizes) == 1 else None
+            self.size, self.encoded = tuple(images.shape[1:3]), False
+        self.fetch = fetch
 
-        def load(index, size):
-            return _resized(decode(encoded_at(index[None])[0], channels=3), size)
+    def to_image(self, item, size):
+        return _resized(self._decode(item, channels=3) if self.encoded else item, size)
 
-        def load_batch(indices, size):
-            return tf.map_fn(lambda data: _resized(decode(data, channels=3), size), encoded_at(indices),
-                             fn_output_signature=tf.TensorSpec([*size, 3], tf.uint8))
-
-        return load, load_batch, own
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"split images must be uint8 [N, H, W, 3] or encoded bytes, got {images.dtype} {images.shape}")
-    table = tf.constant(images)
-
-    def load(index, size):
-        return _resized(table[index], size)
-
-    def load_batch(indices, size):
-        batch = tf.gather(table, indices)
-        return batch if tuple(images.shape[1:3]) == tuple(size) else _to_uint8(tf.image.resize(batch, size))
-
-    return load, load_batch, tuple(images.shape[1:3])
+    def load_batch(self, indices, size):
+        items = self.fetch(indices)
+        if not self.encoded:
+            return items if tuple(self.size) == tuple(size) else _to_uint8(tf.image.resize(items, size))
+        return tf.map_fn(lambda item: self.to_image(item, size), items,
+                         fn_output_signature=tf.TensorSpec([*size, 3], tf.uint8))
 
 
 def _decode(data, channels=3):
@@ -123,9 +128,9 @@ def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True
     start, stop, _ = (rows or slice(0, P * K)).indices(P * K)
     part = Rows(start, stop, P * K)
     labels = tf.constant(np.searchsorted(sampler.identities, split["pids"]).astype(np.int32))
-    load, _, source_size = _image_source(split["images"])
+    images = _Source(split["images"])
     size = tuple(image_size)
-    source_size = source_size or size  # images of several sizes: each resized to the output size first
+    source_size = images.size or size  # images of several sizes: each resized to the output size first
     augmentation = Augmentation(flip=flip, shift=shift, **augmentation)
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops: nothing for AutoGraph to convert
@@ -137,12 +142,13 @@ def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True
         indices.set_shape([stop - start])
         seed_step = tf.stack([tf.constant(seed, tf.int64), step])
         p = plan(seed_step, augmentation, part, source_size, size)
-        return tf.fill([stop - start], step), indices, p
+        # The batch's files (or pixels) are fetched at once: one read of a lazy split per batch.
+        return tf.fill([stop - start], step), images.fetch(indices), indices, p
 
     @tf.autograph.experimental.do_not_convert
-    def make_image(step, index, p):
+    def make_image(step, item, index, p):
         seed_step = tf.stack([tf.constant(seed, tf.int64), step])
-        image = apply(load(index, source_size), p, size, augmentation, seed_step)
+        image = apply(images.to_image(item, source_size), p, size, augmentation, seed_step)
         # Bilinear resampling, blur and erasing noise keep values in [0, 255]: +0.5 and truncation round.
         return tf.cast(image + 0.5, tf.uint8), index, step
 
@@ -180,7 +186,7 @@ def eval_dataset(split, *, batch_size, image_size, rows=None):
     `rows`: a python slice of each batch's rows to produce (this process's share); None: all.
     """
     n = len(split["pids"])
-    _, load_batch, _ = _image_source(split["images"])
+    load_batch = _Source(split["images"]).load_batch
     size = tuple(image_size)
     start, stop, _ = (rows or slice(0, batch_size)).indices(batch_size)
 
