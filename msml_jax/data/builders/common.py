@@ -201,6 +201,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.skip_corrupt = bool(skip_corrupt)
         self.skipped = []  # the images skipped as corrupt
         self._tmp_dirs = []
+        self._manual_dir_asked = None  # set by download_and_prepare
         super().__init__(**kwargs)
 
     def _info(self):
@@ -215,7 +216,8 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         try:
             manual_dir = dl_manager.manual_dir
         except AssertionError:  # tfds's own check of a missing or empty folder; we say what to put there
-            manual_dir = dl_manager._manual_dir
+            # The folder asked for (download_and_prepare's download_config), else TFDS's default place.
+            manual_dir = self._manual_dir_asked or os.path.join(os.fspath(self.data_dir_root), "downloads", "manual")
         return os.fspath(manual_dir) if manual_dir else None
 
     def find_release(self, dl_manager, marker=None, archives=None):
@@ -289,7 +291,10 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 continue
             yield rel, {"image": checked[0], "pid": pid, "camid": camid, "file_name": rel, **extras}
 
-    def download_and_prepare(self, *args, **kwargs):
+    def download_and_prepare(self, *args, download_config=None, **kwargs):
+        self._manual_dir_asked = download_config.manual_dir if download_config is not None else None
+        if download_config is not None:
+            kwargs["download_config"] = download_config
         root = os.fspath(self.data_dir_root)
         # The folders a build may create: <name>/[<config>/]<version> and downloads/.
         candidates = [os.path.join(root, self.name), os.fspath(self.data_dir), os.path.join(root, "downloads")]
