@@ -220,7 +220,7 @@ def read_results(path):
             try:
                 entries.append(json.loads(line))
             except ValueError:
-                raise UserError(f"{path}, line {number}: not JSON (a line cut short? delete it and run again)") from None
+                raise UserError(f"{path}, line {number}: not JSON (a line cut short? delete it, run again)") from None
     return entries
 
 

@@ -307,7 +307,8 @@ def bninception_state_dict(seed=0):
             continue
         torch_name = "_".join(names[:-2])  # inception_3a + double_3x3_1
         h, w, cin, cout = leaf.shape
-        state[f"{torch_name}.weight"] = rng.normal(0, np.sqrt(2.0 / (cin * h * w)), (cout, cin, h, w)).astype(np.float32)
+        std = np.sqrt(2.0 / (cin * h * w))
+        state[f"{torch_name}.weight"] = rng.normal(0, std, (cout, cin, h, w)).astype(np.float32)
         state[f"{torch_name}.bias"] = rng.normal(0, 0.2, cout).astype(np.float32)
         state[f"{torch_name}_bn.weight"] = rng.uniform(0.5, 1.5, cout).astype(np.float32)
         state[f"{torch_name}_bn.bias"] = rng.normal(0, 0.1, cout).astype(np.float32)
@@ -349,7 +350,8 @@ def test_bninception_state_dict_has_the_published_layout(bninception_file):
     # Shapes of pretrainedmodels' bn_inception, from its bninception.py (in, out channels of the Caffe model).
     expected = {"conv1_7x7_s2.weight": (64, 3, 7, 7), "conv2_3x3.weight": (192, 64, 3, 3),
                 "inception_3a_1x1.weight": (64, 192, 1, 1), "inception_3c_3x3.weight": (160, 128, 3, 3),
-                "inception_4e_double_3x3_2.weight": (256, 256, 3, 3), "inception_5b_pool_proj.weight": (128, 1024, 1, 1),
+                "inception_4e_double_3x3_2.weight": (256, 256, 3, 3),
+                "inception_5b_pool_proj.weight": (128, 1024, 1, 1),
                 "inception_5b_1x1_bn.running_var": (352,), "last_linear.weight": (1000, 1024)}
     assert {k: state[k].shape for k in expected} == expected
     assert sum(k.endswith(".weight") and state[k].ndim == 4 for k in state) == 69  # 3 stem + 66 module convs

@@ -23,7 +23,7 @@ def _record(mAP, rank1, auc=0.9, gap=0.1, **extra):
 
 def _row(text, first_cell):
     rows = [line for line in text.splitlines() if line.startswith(f"| {first_cell} |")]
-    return [rows_cells.strip() for rows_cells in rows[0].strip("|").split("|")] if len(rows) == 1 else rows
+    return [cell.strip() for cell in rows[0].strip("|").split("|")] if len(rows) == 1 else rows
 
 
 def test_parse_indices_and_overrides():

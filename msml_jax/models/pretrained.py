@@ -28,9 +28,9 @@ ResNet50-X (`resnet50x`): its depthwise 3x3 convolutions have no published Image
 stem, the 1x1 convolutions, every BatchNorm, the shortcuts) is loaded and the depthwise kernels, whose shapes
 differ, stay at their initialization; the report lists them.
 
-Every backbone variable must come from the file with its exact shape (ResNet50-X from a ResNet50 file excepted); the classifier of the weights (`fc`,
-`predictions`) and PyTorch's `num_batches_tracked` are reported as not used; the head stays at its
-initialization. Anything else raises a UserError naming the layer.
+Every backbone variable must come from the file with its exact shape (ResNet50-X from a ResNet50 file excepted);
+the classifier of the weights (`fc`, `predictions`, `last_linear`) and PyTorch's `num_batches_tracked` are
+reported as not used; the head stays at its initialization. Anything else raises a UserError naming the layer.
 """
 
 import json
@@ -293,7 +293,8 @@ def bninception_to_flax(state):
                 value = value - np.asarray(biases[conv], np.float32)
                 name = f"{name} - {conv}.bias"
         elif leaf == "weight" and value.ndim == 4:
-            key, value = ("params", "backbone", *_bninception_path(module), "conv", "kernel"), value.transpose(2, 3, 1, 0)
+            key = ("params", "backbone", *_bninception_path(module), "conv", "kernel")
+            value = value.transpose(2, 3, 1, 0)
         elif leaf == "bias" and module in biases:
             continue  # folded into the BatchNorm's mean above
         else:
