@@ -91,10 +91,13 @@ def run_key(entry):
 
 
 def plan_runs(table, losses, rep, indices, steps, overrides):
-    """Every run of a table, loss-major: dicts with the key fields of `run_key` and a workdir name."""
+    """Every run of a table, seed (split) by seed: dicts with the key fields of `run_key` and a workdir name.
+
+    All losses of one seed come before the next seed, so a table stopped half way holds complete pairs.
+    """
     digest = overrides_hash(overrides)
     return [{"table": table, "loss": loss, "rep": rep, "index": int(i), "steps": int(steps), "overrides_hash": digest,
-             "name": f"{loss}-{rep}{i}-{digest}"} for loss in losses for i in indices]
+             "name": f"{loss}-{rep}{i}-{digest}"} for i in indices for loss in losses]
 
 
 def pending_runs(plan, entries):

@@ -44,7 +44,7 @@ def test_hash_ignores_where_data_lies_but_not_what_is_trained():
 
 def test_pending_runs_skip_exactly_the_finished_keys():
     plan = reproduce.plan_runs("t", ["msml", "cls"], "seed", [0, 1], 100, {"config": "synthetic.py"})
-    assert [(r["loss"], r["index"]) for r in plan] == [("msml", 0), ("msml", 1), ("cls", 0), ("cls", 1)]
+    assert [(r["loss"], r["index"]) for r in plan] == [("msml", 0), ("cls", 0), ("msml", 1), ("cls", 1)]
     digest = plan[0]["overrides_hash"]
     entries = [_entry("msml", 1, [], digest=digest),
                _entry("cls", 0, [], digest=digest, steps=50),  # other steps: another run
