@@ -1,4 +1,5 @@
-"""ImageNet weights from a file onto a backbone: torchvision ResNet state dicts and Keras ResNet50 `.h5` files.
+"""ImageNet weights from a file onto a backbone: torchvision ResNet state dicts, Keras ResNet50 `.h5` files and
+the BN-Inception state dict of Cadene's `pretrainedmodels` (`bn_inception`, the widely used Inception-v2 port).
 
 Formats:
   - `.safetensors`: a torchvision state dict, parsed here with numpy (8-byte little-endian header length,
@@ -13,9 +14,23 @@ running_mean/running_var become scale/bias/mean/var. Keras kernels are already H
 moving_variance become scale/bias/mean/var. Keras's `conv{s}_block{b}_{i}_{conv|bn}` becomes
 `layer{s-1}_{b-1}/conv{i}` (i = 0, the shortcut, becomes `downsample_conv` / `downsample_bn`).
 
-Every backbone variable must come from the file with its exact shape; the classifier of the weights (`fc`,
-`predictions`) and PyTorch's `num_batches_tracked` are reported as not used; the head stays at its
-initialization. Anything else raises a UserError naming the layer.
+BN-Inception (`pretrainedmodels.bninception`, a `.pth` or its `.safetensors` conversion): keys `<conv>.weight`
+(OIHW -> HWIO), `<conv>.bias`, `<conv>_bn.{weight,bias,running_mean,running_var}` and `last_linear`, where <conv>
+is conv1_7x7_s2, conv2_3x3_reduce, conv2_3x3 or inception_<module>_<branch> (branch 1x1, 3x3_reduce, 3x3,
+double_3x3_reduce, double_3x3_1, double_3x3_2, pool_proj), which become `<conv>/conv` and `<conv>/bn`
+(inception_<module>/<branch>/...). The Caffe port's convolution biases sit right before a BatchNorm, so each is
+folded into that BatchNorm's running mean (mean - bias): the same function in evaluation, and the same in training,
+where the batch mean absorbs any bias. Those weights expect BGR, 0..255 input minus the mean [104, 117, 128]
+(`config.model.preprocessing='bninception'`).
+
+ResNet50-X (`resnet50x`): its depthwise 3x3 convolutions have no published ImageNet weights. Start it from scratch
+(`config.model.pretrained=''`), or from a torchvision ResNet50 file: every tensor whose name and shape match (the
+stem, the 1x1 convolutions, every BatchNorm, the shortcuts) is loaded and the depthwise kernels, whose shapes
+differ, stay at their initialization; the report lists them.
+
+Every backbone variable must come from the file with its exact shape (ResNet50-X from a ResNet50 file excepted);
+the classifier of the weights (`fc`, `predictions`, `last_linear`) and PyTorch's `num_batches_tracked` are
+reported as not used; the head stays at its initialization. Anything else raises a UserError naming the layer.
 """
 
 import json
@@ -239,6 +254,59 @@ def keras_to_flax(weights):
     return mapped, unused, sources
 
 
+_BNINCEPTION_STEM = ("conv1_7x7_s2", "conv2_3x3_reduce", "conv2_3x3")
+
+
+def is_bninception(state):
+    """Whether a state dict is laid out as pretrainedmodels' bn_inception."""
+    return "conv1_7x7_s2.weight" in state and "conv1_7x7_s2_bn.running_mean" in state
+
+
+def _bninception_path(module):
+    """'inception_3a_double_3x3_1' -> ('inception_3a', 'double_3x3_1'); 'conv2_3x3' -> ('conv2_3x3',)."""
+    if module.startswith("inception_"):
+        block, _, branch = module[len("inception_"):].partition("_")
+        return (f"inception_{block}", branch)
+    return (module,)
+
+
+def bninception_to_flax(state):
+    """pretrainedmodels bn_inception state dict -> ({flax variable path: array}, [unused names], {path: name}).
+
+    Convolution biases are folded into the next BatchNorm's running mean (BN(Wx + b) with mean m equals BN(Wx)
+    with mean m - b); a bias with no BatchNorm after it maps to a variable the backbone lacks, a UserError later.
+    """
+    mapped, unused, sources = {}, [], {}
+    biases = {name[: -len(".bias")]: value for name, value in state.items()
+              if name.endswith(".bias") and f"{name[: -len('.bias')]}_bn.running_mean" in state}
+    for name, value in state.items():
+        module, _, leaf = name.rpartition(".")
+        if module == "last_linear" or leaf == "num_batches_tracked":
+            unused.append(name)
+            continue
+        value = np.asarray(value, np.float32)
+        if module.endswith("_bn") and leaf in _TORCH_BN:
+            conv = module[: -len("_bn")]
+            collection = "batch_stats" if leaf.startswith("running") else "params"
+            key = (collection, "backbone", *_bninception_path(conv), "bn", _TORCH_BN[leaf])
+            if leaf == "running_mean" and conv in biases:
+                value = value - np.asarray(biases[conv], np.float32)
+                name = f"{name} - {conv}.bias"
+        elif leaf == "weight" and value.ndim == 4:
+            key = ("params", "backbone", *_bninception_path(module), "conv", "kernel")
+            value = value.transpose(2, 3, 1, 0)
+        elif leaf == "bias" and module in biases:
+            continue  # folded into the BatchNorm's mean above
+        else:
+            key = ("params", "backbone", *_bninception_path(module), leaf)
+        mapped[key], sources[key] = value, name
+    return mapped, unused, sources
+
+
+# Backbones that load what fits of another architecture's file; the reason goes into the report.
+PARTIAL = {("resnet50x", "torchvision"): "depthwise 3x3 convolutions: no ImageNet weights of their shape exist"}
+
+
 def _layer(path):
     return "/".join(path[1:])
 
@@ -268,9 +336,13 @@ def load_pretrained(variables, model_config, log=print):
         origin, expected_pre = "keras", "caffe"
         mapped, unused, sources = keras_to_flax(read_keras_h5(path))
     elif ext in (".safetensors", ".pth", ".pt"):
-        origin, expected_pre = "torchvision", "imagenet"
         state = read_safetensors(path) if ext == ".safetensors" else read_torch(path)
-        mapped, unused, sources = torchvision_to_flax(state)
+        if is_bninception(state):
+            origin, expected_pre = "bninception", "bninception"
+            mapped, unused, sources = bninception_to_flax(state)
+        else:
+            origin, expected_pre = "torchvision", "imagenet"
+            mapped, unused, sources = torchvision_to_flax(state)
     else:
         raise UserError(
             f"config.model.pretrained={path!r}: unknown weights format {ext!r} (use .h5, .safetensors or .pth)"
@@ -280,6 +352,12 @@ def load_pretrained(variables, model_config, log=print):
             f"config.model.pretrained={path!r} holds {origin} weights but config.model.keras_style={keras_style}: "
             f"set config.model.keras_style={origin == 'keras'}"
         )
+    if origin == "bninception" and preprocessing != expected_pre:  # "auto" means imagenet for every torch file
+        raise UserError(
+            f"config.model.pretrained={path!r} holds the BN-Inception weights of pretrainedmodels, trained on BGR "
+            f"0..255 images minus [104, 117, 128], but config.model.preprocessing={preprocessing!r}: set it to "
+            "'bninception'"
+        )
     if preprocessing not in ("auto", expected_pre):
         raise UserError(
             f"config.model.pretrained={path!r} holds {origin} weights, trained with {expected_pre!r} preprocessing, "
@@ -288,13 +366,19 @@ def load_pretrained(variables, model_config, log=print):
 
     flat = traverse_util.flatten_dict({k: variables[k] for k in ("params", "batch_stats") if k in variables})
     name = model_config.get("name", "?")
-    for key, value in mapped.items():
+    partial = PARTIAL.get((name, origin))
+    skipped = []  # (key, shape in the file) of a partial load's tensors that do not fit
+    for key, value in list(mapped.items()):
         if key not in flat:
             raise UserError(
                 f"config.model.pretrained={path!r}: layer {sources[key]!r} of the file (backbone variable "
                 f"{_layer(key)!r}) has no counterpart in "
                 f"config.model.name={name!r} (keras_style={keras_style}); is this the right architecture?"
             )
+        if tuple(flat[key].shape) != value.shape and partial:
+            skipped.append((key, value.shape))
+            del mapped[key]
+            continue
         if tuple(flat[key].shape) != value.shape:
             raise UserError(
                 f"config.model.pretrained={path!r}: layer {sources[key]!r} (backbone variable {_layer(key)!r}) has "
@@ -303,7 +387,7 @@ def load_pretrained(variables, model_config, log=print):
             )
         if not np.isfinite(value).all():
             raise UserError(f"config.model.pretrained={path!r}: layer {sources[key]!r} holds NaN or infinite values")
-    missing = [k for k in flat if k[1] == "backbone" and k not in mapped]
+    missing = [k for k in flat if k[1] == "backbone" and k not in mapped and k not in dict(skipped)]
     if missing:
         raise UserError(
             f"config.model.pretrained={path!r}: the file lacks layer {_layer(missing[0])!r} of config.model.name="
@@ -317,6 +401,9 @@ def load_pretrained(variables, model_config, log=print):
     log(f"pretrained: loaded {len(mapped)} tensors ({num_values:,} values) of {origin} weights from {path} "
         f"into the backbone of {name}")
     log(f"pretrained: not used from the file ({len(unused)}): {', '.join(unused) if unused else 'nothing'}")
+    if skipped:
+        log(f"pretrained: left at initialization in the backbone of {name} ({partial}; {len(skipped)} tensors): "
+            + ", ".join(f"{_layer(k)} {tuple(flat[k].shape)} (file {shape})" for k, shape in skipped))
     log(f"pretrained: left at initialization: {', '.join(left) if left else 'nothing'}")
     result = traverse_util.unflatten_dict(out)
     return {**variables, **result}
