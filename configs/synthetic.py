@@ -40,7 +40,7 @@ def get_config():
     config.model.last_stride = 2
     config.model.pretrained = ""  # ImageNet weights: torchvision .safetensors/.pth or Keras ResNet50 .h5; "" = scratch
     config.model.keras_style = False  # ResNet laid out as keras.applications (needed for Keras .h5 weights)
-    config.model.preprocessing = "auto"  # imagenet (RGB mean/std) | caffe (BGR mean) | auto: caffe iff keras_style
+    config.model.preprocessing = "auto"  # imagenet (RGB mean/std) | caffe (BGR mean) | bninception (pretrainedmodels BN-Inception) | auto: caffe iff keras_style
     config.model.bnneck = False  # BatchNorm between embedding and (bias-free) classifier
     config.model.dropout = 0.0  # on the classifier's input
     config.model.eval_embedding = "embedding"  # what evaluation ranks with: embedding | bnneck | features

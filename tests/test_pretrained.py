@@ -388,18 +388,10 @@ def test_bninception_weights_need_their_preprocessing(bninception_file):
         load_pretrained(_init(model, (32, 32)), _model_config(name="inception_v2", pretrained=path))
 
 
-def test_bninception_file_trains_through_the_loop(bninception_file, tmp_path, monkeypatch):
-    from msml_jax import models
-    from msml_jax.training import validate
+def test_bninception_file_trains_through_the_loop(bninception_file, tmp_path):
     from msml_jax.training.loop import train_and_evaluate
     from msml_jax.training.trainer import create_trainer
     from tests.conftest import make_tiny_config
-
-    # The 'bninception' preprocessing preset, until msml_jax/models/__init__.py and training/validate.py have it.
-    preset = (BNINCEPTION_PIXELS["pixel_mean"], BNINCEPTION_PIXELS["pixel_std"], "bgr")
-    monkeypatch.setitem(models.PREPROCESSING, "bninception", models.PREPROCESSING.get("bninception", preset))
-    choices = validate.Choice("auto", "imagenet", "caffe", "bninception", "")
-    monkeypatch.setitem(validate.FIELDS, "model.preprocessing", validate.Field(choices, "auto"))
 
     path, state = bninception_file
     config = make_tiny_config()

@@ -19,6 +19,8 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 PREPROCESSING = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD, "rgb"),
     "caffe": (CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), "bgr"),
+    # pretrainedmodels' BN-Inception: BGR, 0..255 minus the per-channel mean, no scaling
+    "bninception": ((104.0, 117.0, 128.0), (1.0, 1.0, 1.0), "bgr"),
 }
 
 BACKBONES = {
@@ -89,7 +91,8 @@ def get_model(
       dtype: compute dtype, "float32" or "bfloat16" (parameters, BatchNorm statistics and outputs stay float32).
       last_stride: stride of the backbone's last stage (1 or 2).
       keras_style: ResNet laid out as keras.applications (stride on the first 1x1, conv biases, BN eps 1.001e-5).
-      preprocessing: "imagenet" (torchvision: RGB mean/std), "caffe" (Keras: BGR mean subtraction), or
+      preprocessing: "imagenet" (torchvision: RGB mean/std), "caffe" (Keras: BGR mean subtraction), "bninception"
+        (pretrainedmodels BN-Inception: BGR minus its mean), or
         None / "auto": "caffe" with keras_style, else "imagenet". Sets pixel_mean/pixel_std/channel_order
         (those given explicitly in **options win).
       **options: other ReidModel fields (bnneck, dropout, eval_embedding, pixel_mean, pixel_std, channel_order).

@@ -186,7 +186,7 @@ FIELDS = {
     "model.last_stride": Field(Choice(1, 2), 2, True),
     "model.pretrained": Field(Str(), ""),
     "model.keras_style": Field(Bool(), False),
-    "model.preprocessing": Field(Choice("auto", "imagenet", "caffe", ""), "auto"),
+    "model.preprocessing": Field(Choice("auto", "imagenet", "caffe", "bninception", ""), "auto"),
     "model.bnneck": Field(Bool(), False),
     "model.dropout": Field(Float(0.0, 1.0, high_open=True), 0.0),
     "model.eval_embedding": Field(Choice(*EVAL_EMBEDDINGS), "embedding"),
