@@ -11,6 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from msml_jax import sharding
 from msml_jax.errors import UserError
@@ -25,11 +26,6 @@ from msml_jax.training.checkpoint import config_differences
 MODEL_FIELDS = TRAINED_MODEL_FIELDS | {"data.image_size"}
 
 
-def _step_dirs(workdir):
-    """{"latest" and "best" managers' directories} of a run."""
-    return {"latest": os.path.join(workdir, "checkpoints"), "best": os.path.join(workdir, "best")}
-
-
 def _manager(directory):
     return ocp.CheckpointManager(os.path.abspath(directory),
                                  options=ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False))
@@ -41,7 +37,7 @@ def find_checkpoint(workdir, which="latest"):
     Raises UserError naming the workdir and the steps there are when there is no such checkpoint.
     """
     which = str(which)
-    directory = _step_dirs(workdir)["best" if which == "best" else "latest"]
+    directory = os.path.join(workdir, "best" if which == "best" else "checkpoints")
     steps = []
     if os.path.isdir(directory):
         manager = _manager(directory)
@@ -58,12 +54,6 @@ def find_checkpoint(workdir, which="latest"):
         raise UserError(f"--checkpoint={which}: {directory} holds the steps {', '.join(map(str, steps))}: "
                         f"pass one of those, latest or best")
     return directory, int(which)
-
-
-def _flatten(tree, prefix=""):
-    if isinstance(tree, dict):
-        return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}/").items()}
-    return {prefix[:-1]: tree}
 
 
 def restore_checkpoint(directory, step):
@@ -100,18 +90,16 @@ def check_model_fields(saved, config, where):
 
 def model_of(config, variables, where):
     """The model of `config` for restored `variables`; UserError when their shapes do not fit it."""
-    kernel = _flatten(variables["params"]).get("head/classifier/kernel")
-    if kernel is None:
-        candidates = [k for k in _flatten(variables["params"]) if k.endswith("classifier/kernel")]
-        kernel = _flatten(variables["params"])[candidates[0]] if candidates else None
+    params = traverse_util.flatten_dict(variables["params"], sep="/")
+    kernel = next((v for k, v in params.items() if k.endswith("classifier/kernel")), None)
     if kernel is None:
         raise UserError(f"{where} holds no classifier parameters: it is not a checkpoint of this project's trainer")
     model = model_from_config(config, int(kernel.shape[-1]))
     from msml_jax.training.steps import init_variables
 
     shapes = jax.eval_shape(lambda: init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(0)))
-    expected = {k: tuple(v.shape) for k, v in _flatten(jax.tree_util.tree_map(lambda x: x, dict(shapes))).items()}
-    got = {k: tuple(np.shape(v)) for k, v in _flatten(variables).items()}
+    expected = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(shapes), sep="/").items()}
+    got = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
     if expected != got:
         diff = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
         shown = "; ".join(f"{k}: {got.get(k, 'absent')} saved, {expected.get(k, 'absent')} expected" for k in diff[:4])

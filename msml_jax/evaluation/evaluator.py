@@ -91,8 +91,8 @@ class Evaluator:
         out.update({k: np.asarray(split[k])[rows] for k in FEATURE_FIELDS if k in split})
         return out
 
-    def score(self, features, step, distances=None):
-        """One record per dataset from `features` (see `features`); `distances` {dataset: [Q, G]} overrides.
+    def score(self, features, step):
+        """One record per dataset from `features` (see `features`).
 
         A record holds the protocol's ranking metrics and the separation of positive and negative pair
         distances (`separation.separation_figures`: auc, neg_closer_than_median_pos, gap_p95_p5; sampled with a
@@ -102,8 +102,7 @@ class Evaluator:
         for name, sets in self.eval_sets.items():
             rank = RANKINGS[sets["ranking"]]
             metrics = rank(features[name]["query"], features[name]["gallery"], metric=self.settings.metric,
-                           normalize=self.settings.normalize, distances=(distances or {}).get(name),
-                           rerank=self.settings.rerank)
+                           normalize=self.settings.normalize, rerank=self.settings.rerank)
             q, g = features[name]["query"], features[name]["gallery"]
             separation = separation_figures(q["embeddings"], g["embeddings"], q["pids"], g["pids"], q["camids"],
                                             g["camids"], metric=self.settings.metric,
