@@ -438,20 +438,26 @@ def check_paths(config, workdir):
 
 
 def check_config_flags(argv):
-    """UserError for a --config.FIELD=VALUE override naming no field of the --config file.
+    """UserError for a --config.FIELD=VALUE override naming no field of the --config file, or with a value that
+    field's type cannot parse (--config.P=abc).
 
-    ml_collections would stop on it with an AttributeError traceback while parsing flags, before any entry
-    point runs; call this first (see train.py).
+    ml_collections would stop on the first with an AttributeError traceback and on the second with absl's "FATAL
+    Flags parsing error" (exit 1) while parsing flags, before any entry point runs; call this first (see train.py).
     """
-    path, overrides = None, []
-    args = iter(argv[1:])
-    for arg in args:
+    path, overrides, values = None, [], {}
+    args = list(argv[1:])
+    for i, arg in enumerate(args):
         if arg == "--config":
-            path = next(args, None)
+            path = args[i + 1] if i + 1 < len(args) else None
         elif arg.startswith("--config="):
             path = arg.split("=", 1)[1]
         elif arg.startswith(("--config.", "--noconfig.")):
-            overrides.append(arg.split("config.", 1)[1].split("=", 1)[0])
+            name, has_value, value = arg.split("config.", 1)[1].partition("=")
+            overrides.append(name)
+            if arg.startswith("--config.") and has_value:
+                values[name] = value
+            elif arg.startswith("--config.") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                values[name] = args[i + 1]  # --config.P 8
     if not path or not overrides:
         return
     file, _, arg = path.partition(":")
@@ -466,5 +472,34 @@ def check_config_flags(argv):
     tree = _as_dict(config)
     present = {name for name, _ in _walk(tree)}
     for name in overrides:
-        if _get(tree, name) is _MISSING:
+        current = _get(tree, name)
+        if current is _MISSING:
             raise _unknown(name, present, where=f"--config.{name} (fields of {file})")
+        if name in values:
+            _check_flag_value(name, values[name], current)
+
+
+def _check_flag_value(name, text, current):
+    """UserError when `text` does not parse as the type of the field's value in the config file, the way
+    ml_collections' flag parsers read it (absl's integer / float / boolean parsers, its TupleParser)."""
+    from absl import flags
+
+    parsers = ((bool, flags.BooleanParser(), "True or False"), (int, flags.IntegerParser(), "an integer"),
+               (float, flags.FloatParser(), "a number"))
+    for kind, parser, wanted in parsers:
+        if isinstance(current, kind):
+            try:
+                parser.parse(text)
+            except ValueError:
+                raise UserError(f"--config.{name}={text}: config.{name} must be {wanted} (it is {current!r} in the "
+                                f"config file): e.g. --config.{name}={current!r}") from None
+            return
+    if isinstance(current, tuple):
+        from ml_collections.config_flags.tuple_parser import TupleParser
+
+        try:
+            TupleParser().parse(text)
+        except (ValueError, SyntaxError):
+            raise UserError(f"--config.{name}={text}: config.{name} must be a tuple written as a Python literal "
+                            f"(it is {current!r} in the config file): quote it for the shell, e.g. "
+                            f"\"--config.{name}={current!r}\"") from None
