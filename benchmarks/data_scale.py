@@ -18,21 +18,7 @@ Each phase runs in its own process, and its peak resident memory (ru_maxrss) is 
             whole query and gallery (--eval off: skip it).
 --eager additionally loads the splits the old way (every image's bytes in memory) for comparison.
 
-Measured 2026-11-26 on the 2-core CPU dev machine, loaded by other work (other jobs ran beside it), memory as
-peak RSS; the frameworks alone (TF + JAX imported) take 689 MB:
-
-  python benchmarks/data_scale.py --eager   (scale 1: 509,914 train + 110,880 query + 570,209 gallery frames)
-    generate 106 s; prepare 409 s (1,261 MB of ArrayRecord files); load 10 s, peak 1,093 MB (RSS +364 MB:
-    the small features, about 124 B a frame of which 92 B the file name, and TF's buffers); pipeline 9,300
-    img/s (32x16, paper augmentation, P*K = 128), peak 1,099 MB; 100 steps of small_resnet + MARS tracklet
-    evaluation of all 681,089 test frames (1,980 query tracklets): 289 s, peak 1,709 MB.
-    The old way (--eager): loading alone 56 s, peak 2,377 MB (1,232 MB of images), before the pipeline's copy.
-    (The pipeline figure is of the batched pipeline of that morning. With the per-image pipeline, reading a lazy
-    split one image per Python call gave 1,339 img/s; fetching each batch's files in one call gives 6,143 img/s,
-    measured with --scale 0.05 --steps 10, same machine, load average 3.5-4.)
-  --scale 0.1 --steps 20 --eval 0, 32x16 frames vs --frame 128 64 (7x the bytes: 127 vs 911 MB prepared):
-    load peak 799 vs 882 MB (the difference: one 4096-example chunk read for the small features), 20 steps
-    peak 1,305 vs 1,336 MB; the old way with 128x64 frames: peak 1,684 MB.
+Figures (quiet and loaded runs, machine and date): docs/benchmarks.md, "Data at MARS scale"; logs in docs/cpu/.
 """
 
 import argparse
