@@ -107,7 +107,17 @@ def pending_runs(plan, entries):
 
 
 def scale_schedule(config, steps):
-    """Sets num_train_steps to `steps`, moving lr_boundaries and eval_every_steps to the same fractions of it."""
+    """Sets num_train_steps to `steps`, moving lr_boundaries and eval_every_steps to the same fractions of it.
+
+    UserError when the config gives its schedule in epochs: those fields would still set the learning-rate
+    decays (and saves, evaluations) from the epoch counts, past the shortened run.
+    """
+    from msml_jax.training.schedule import EPOCH_FIELDS
+
+    in_epochs = [f"config.{field}={config.get(field)!r}" for field, _ in EPOCH_FIELDS if config.get(field)]
+    if in_epochs:
+        raise UserError(f"--steps {steps}: the config gives its schedule in epochs ({', '.join(in_epochs)}); "
+                        f"shorten it in epochs instead, e.g. --set num_train_epochs=N (and --set lr_boundary_epochs=...)")
     base = int(config.num_train_steps)
     config.num_train_steps = int(steps)
     if base > 0 and steps != base:

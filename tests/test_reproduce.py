@@ -7,6 +7,7 @@ import os
 import pytest
 
 from msml_jax import reproduce
+from msml_jax.errors import UserError
 from tests.conftest import make_tiny_config
 
 
@@ -132,3 +133,12 @@ def test_end_to_end_runs_skips_and_resumes(tmp_path):
     again = reproduce.reproduce(*args, log=logs.append)
     assert "(resuming)" in logs[1] and again[1]["resumed"] and again[1]["loss"] == "msml"
     assert again[1]["records"][0]["mAP"] == pytest.approx(entries[1]["records"][0]["mAP"], abs=1e-6)
+
+
+def test_steps_refused_for_a_schedule_in_epochs():
+    config = make_tiny_config()
+    config.num_train_steps, config.lr_boundaries = 0, ()
+    config.num_train_epochs, config.lr_boundary_epochs = 250, (50, 200)
+    with pytest.raises(UserError, match=r"--steps 100: the config gives its schedule in epochs "
+                                        r"\(config\.num_train_epochs=250, config\.lr_boundary_epochs=\(50, 200\)\)"):
+        reproduce.scale_schedule(config, 100)
