@@ -40,17 +40,14 @@ def _reranked(query, gallery, metric, normalize, rerank):
     return k_reciprocal_rerank_blocks(q, g, k1, k2, lambda_value, metric=metric)
 
 
-def rank_images(query, gallery, *, metric="euclidean", normalize=True, distances=None, rerank=None):
+def rank_images(query, gallery, *, metric="euclidean", normalize=True, rerank=None):
     """Market-1501 rules: every query against the whole gallery; same pid and camera is junk.
 
-    Returns {mAP, mINP, rank1, rank5, rank10, rank20, num_queries} (fractions). `distances` [Q, G]: use these
-    instead of computing them. `rerank` (k1, k2, lambda): rank by k-reciprocal re-ranked distances (Zhong et al.
+    Returns {mAP, mINP, rank1, rank5, rank10, rank20, num_queries} (fractions). `rerank` (k1, k2, lambda): rank by k-reciprocal re-ranked distances (Zhong et al.
     2017). Computed in blocks of queries: memory grows with the block, not with Q x G.
     """
     ids = (query["pids"], gallery["pids"], query["camids"], gallery["camids"])
-    if distances is not None:
-        result = evaluate_ranking(distances, *ids, max_rank=max(RANKS))
-    elif rerank:
+    if rerank:
         result = evaluate_ranking_blocks(_reranked(query, gallery, metric, normalize, rerank), *ids,
                                          max_rank=max(RANKS))
     else:
