@@ -15,7 +15,7 @@ from flax import traverse_util
 
 from msml_jax import sharding
 from msml_jax.errors import UserError
-from msml_jax.evaluation.evaluator import EvalSettings, Evaluator
+from msml_jax.evaluation.evaluator import SEPARATION_MAX_PAIRS, EvalSettings, Evaluator
 from msml_jax.evaluation.report import format_table
 from msml_jax.models import model_from_config
 from msml_jax.training.checkpoint import MODEL_FIELDS as TRAINED_MODEL_FIELDS
@@ -231,6 +231,7 @@ def draw_run(directory, workdir, eval_sets, features, config, step):
         path = os.path.join(directory, f"{name}_distances.png")
         visualize.embedding_distance_distributions(path, q["embeddings"], g["embeddings"], *ids,
                                                    metric=settings.metric, normalize=settings.normalize,
+                                                   max_pairs=SEPARATION_MAX_PAIRS,  # as the record's figures
                                                    margin=config.get("margin"), title=f"{name}, step {step}")
         paths.append(path)
     metrics = os.path.join(workdir, "metrics.jsonl")
