@@ -175,22 +175,6 @@ def _blur(image, kernel_y, kernel_x):
     return tf.nn.depthwise_conv2d(blurred, kernel_x, [1, 1, 1, 1], "VALID")[0]
 
 
-def gaussian_blur(images, sigmas, max_sigma):
-    """Blurs image i with a separable Gaussian of std `sigmas[i]` px (0 leaves it unchanged).
-
-    Args:
-      images: float32 [B, h, w, C].
-      sigmas: float32 [B] (the same std along both axes) or [B, 2] (along height, along width).
-      max_sigma: python float, the largest sigma: fixes the kernel radius ceil(2 * max_sigma).
-    Borders are reflected, so a blur does not darken them.
-    """
-    sigmas = tf.convert_to_tensor(sigmas, tf.float32)
-    if sigmas.shape.rank == 1:
-        sigmas = tf.stack([sigmas, sigmas], axis=1)
-    kernel_y, kernel_x = _depthwise_kernels(gaussian_kernels(sigmas, _radius(max_sigma)), images.shape[-1])
-    return tf.map_fn(lambda args: _blur(*args), (images, kernel_y, kernel_x), fn_output_signature=images.dtype)
-
-
 class Plan(typing.NamedTuple):
     """Everything random about b images of a batch, drawn for the whole batch at once so that the work
     left for each image is a handful of ops (`apply`). Every field has b rows."""
