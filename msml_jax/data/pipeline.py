@@ -197,8 +197,7 @@ def eval_dataset(split, *, batch_size, image_size, rows=None):
         return {"images": load_batch(indices, size)}
 
     num_batches = -(-n // batch_size)
-    return tf.data.Dataset.range(num_batches).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
-                                                   deterministic=True).prefetch(2)
+    return tf.data.Dataset.range(num_batches).map(make_batch).prefetch(2)
 
 
 def image_reader(split):
