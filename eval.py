@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from msml_jax.errors import UserError, exit_on_user_error
-from msml_jax.training.validate import check_config_flags
+from msml_jax.config import check_config_flags
 
 config_flags.DEFINE_config_file("config", None, "Optional: a config to evaluate with instead of the checkpoint's.")
 flags.DEFINE_list("workdir", None, "Run directory (or several, comma-separated; globs allowed) written by train.py.")

@@ -11,7 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from msml_jax.errors import exit_on_user_error
-from msml_jax.training.validate import check_config_flags, check_paths, validate_config
+from msml_jax.config import check_config_flags, check_paths, validate_config
 
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module); override fields with --config.FIELD=VALUE.")
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tensorboard/; restarting resumes.")

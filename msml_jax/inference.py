@@ -173,7 +173,7 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
     """
     from msml_jax.data import load_eval_sets
     from msml_jax.training.writer import MetricWriter
-    from msml_jax.training.validate import validate_config
+    from msml_jax.config import validate_config
 
     if features_path:
         check_output_path(features_path, ".npz")

@@ -337,7 +337,7 @@ def reproduce(base, overrides, table, losses, rep, indices, root, results_path, 
     Returns the entries of the results file afterwards (finished runs of every table in it).
     """
     from msml_jax.training.loop import train_and_evaluate
-    from msml_jax.training.validate import validate_config
+    from msml_jax.config import validate_config
 
     validate_config(base)
     plan = plan_runs(table, losses, rep, indices, base.num_train_steps, overrides)

@@ -231,7 +231,7 @@ def test_rank_images_with_rerank_ranks_by_the_reranked_distances():
 
 def test_rerank_settings_are_refused_naming_the_value():
     from msml_jax.errors import UserError
-    from msml_jax.training.validate import validate_config
+    from msml_jax.config import validate_config
     from tests.conftest import make_tiny_config
 
     config = make_tiny_config()

@@ -13,7 +13,7 @@ from msml_jax.errors import UserError
 from msml_jax.training import checkpoint
 from msml_jax.inference import evaluate_run
 from msml_jax.training.loop import train_and_evaluate
-from msml_jax.training.validate import validate_config
+from msml_jax.config import validate_config
 from tests.conftest import ROOT, load_config, make_tiny_config
 
 EVAL_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from msml_jax.errors import UserError
-from msml_jax.training.validate import FIELDS, check_config_flags, check_paths, validate_config
+from msml_jax.config import FIELDS, check_config_flags, check_paths, validate_config
 from tests.conftest import ROOT, load_config, make_tiny_config
 
 NAN, INF = float("nan"), float("inf")
@@ -294,7 +294,7 @@ def test_train_cli_refuses_a_workdir_that_is_a_file(tmp_path):
 
 
 def test_validation_imports_neither_jax_nor_tensorflow():
-    code = ("import sys; from msml_jax.training import validate; "
+    code = ("import sys; from msml_jax import config as validate; "
             "assert not {'jax', 'tensorflow'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
 
@@ -303,7 +303,8 @@ def test_tables_match_the_code():
     """validate.py's copies of the losses, backbones and embeddings are the code's own."""
     from msml_jax.models import BACKBONES
     from msml_jax.models.heads import EVAL_EMBEDDINGS
-    from msml_jax.training import steps, validate
+    from msml_jax import config as validate
+    from msml_jax.training import steps
 
     assert validate.METRIC_LOSSES == steps.METRIC_LOSSES
     assert set(validate.BACKBONE_STRIDES) == set(BACKBONES)

@@ -19,7 +19,7 @@ from msml_jax.evaluation.report import format_table
 from msml_jax.training import checkpoint, steps
 from msml_jax.training.trainer import create_trainer
 from msml_jax.training.writer import MetricWriter
-from msml_jax.training.validate import check_paths
+from msml_jax.config import check_paths
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a process stopped by SIGTERM
 

@@ -18,7 +18,7 @@ from msml_jax.evaluation.evaluator import EvalSettings, Evaluator
 from msml_jax.models import load_pretrained, model_from_config
 from msml_jax.training import steps
 from msml_jax.training.schedule import resolve_epochs, steps_per_epoch
-from msml_jax.training.validate import validate_config
+from msml_jax.config import validate_config
 
 
 def setup(config):

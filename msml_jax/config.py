@@ -1,5 +1,5 @@
-"""The one place that knows what a valid config is: every field a run reads, checked before anything is loaded,
-compiled or written.
+"""The config schema, at the bottom of the library: the one place that knows what a valid config is: every field
+a run reads, checked before anything is loaded, compiled or written.
 
 `FIELDS` declares each field (type, range, default); `validate_config` checks the fields one by one, then their
 combinations, then looks for fields nobody reads (a typo such as `lerning_rate` is named with the closest valid
