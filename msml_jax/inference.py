@@ -17,7 +17,7 @@ from msml_jax import sharding
 from msml_jax.errors import UserError
 from msml_jax.evaluation.evaluator import SEPARATION_MAX_PAIRS, EvalSettings, Evaluator
 from msml_jax.evaluation.report import format_table
-from msml_jax.models import model_from_config
+from msml_jax.models import init_variables, model_from_config
 from msml_jax.training.checkpoint import MODEL_FIELDS as TRAINED_MODEL_FIELDS
 from msml_jax.training.checkpoint import config_differences
 
@@ -95,8 +95,6 @@ def model_of(config, variables, where):
     if kernel is None:
         raise UserError(f"{where} holds no classifier parameters: it is not a checkpoint of this project's trainer")
     model = model_from_config(config, int(kernel.shape[-1]))
-    from msml_jax.training.steps import init_variables
-
     shapes = jax.eval_shape(lambda: init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(0)))
     expected = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(shapes), sep="/").items()}
     got = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}

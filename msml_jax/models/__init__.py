@@ -2,7 +2,10 @@
 
 from typing import Any, Sequence
 
+import functools
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from msml_jax.errors import UserError
@@ -127,6 +130,12 @@ def get_model(
     compute_dtype = jnp.dtype(dtype)
     backbone = BACKBONES[name](dtype=compute_dtype, last_stride=last_stride, keras_style=keras_style)
     return ReidModel(backbone=backbone, num_classes=num_classes, embed_dim=embed_dim, dtype=compute_dtype, **options)
+
+
+def init_variables(model, image_shape, key):
+    """Random initial variables ({"params", "batch_stats"}) for images of `image_shape` (h, w)."""
+    images = jnp.zeros((2, *image_shape, 3), jnp.uint8)
+    return jax.jit(functools.partial(model.init, train=False))(key, images)
 
 
 def model_from_config(config, num_classes):

@@ -1,6 +1,5 @@
 """Train state and the pure train / embed steps. No TensorFlow, no I/O: jit them as you like."""
 
-import functools
 from typing import Any
 
 import jax
@@ -9,6 +8,7 @@ import optax
 from flax.training import train_state
 
 from msml_jax import losses
+from msml_jax.models import init_variables  # noqa: F401  (re-exported: the trainer's tests and benchmarks use it)
 
 METRIC_LOSSES = ("cls", "triplet", "quadruplet", "trihard", "msml")
 
@@ -31,12 +31,6 @@ def learning_rate_schedule(config):
     if warmup <= 0:
         return steps
     return lambda t: steps(t) * jnp.minimum(1.0, (t + 1) / warmup)
-
-
-def init_variables(model, image_shape, key):
-    """Random initial variables ({"params", "batch_stats"}) for images of `image_shape` (h, w)."""
-    images = jnp.zeros((2, *image_shape, 3), jnp.uint8)
-    return jax.jit(functools.partial(model.init, train=False))(key, images)
 
 
 def create_train_state(model, config, variables):
