@@ -17,22 +17,6 @@ from msml_jax.errors import UserError
 
 METRIC_LOSSES = ("cls", "triplet", "quadruplet", "trihard", "msml")  # as training.steps.METRIC_LOSSES
 SOFT_MARGIN_LOSSES = ("msml", "trihard")  # the losses of msml_jax.losses with a soft_margin form
-EVAL_EMBEDDINGS = ("embedding", "bnneck", "features")  # as models.heads.EVAL_EMBEDDINGS
-KERAS_STYLE_BACKBONES = ("resnet50", "resnet101", "small_resnet")
-# Backbone -> total stride with last_stride = 2 (measured with jax.eval_shape; last_stride = 1 halves it). An
-# input smaller than the stride leaves a last feature map computed from padding alone.
-BACKBONE_STRIDES = {
-    "small_resnet": 16,
-    "resnet18": 32,
-    "resnet34": 32,
-    "resnet50": 32,
-    "resnet101": 32,
-    "resnext50_32x4d": 32,
-    "resnet50x": 32,
-    "inception_v2": 32,
-}
-from msml_jax.data import DATASETS, PROTOCOLS, check_protocol  # noqa: E402  (numpy only at import)
-
 TRIALS = 10  # VIPeR / PRID2011 protocol splits
 MAX_IMAGE_SIDE = 4096
 MAX_STEPS = 10**9
@@ -98,13 +82,43 @@ class Str:
 
 
 class Choice:
-    def __init__(self, *values):
-        self.values = values
+    """One of `values`, or of what `registry()` returns when it is given (a registry's names, read when checked)."""
+
+    def __init__(self, *values, registry=None):
+        self._values, self.registry = values, registry
+
+    @property
+    def values(self):
+        return tuple(self.registry()) + self._values if self.registry else self._values
 
     def problem(self, value):
         if any(type(value) is type(choice) and value == choice for choice in self.values):
             return None
         return f"one of {', '.join(map(repr, self.values))}"
+
+
+def _dataset_names():
+    from msml_jax.data import dataset_names
+
+    return dataset_names()
+
+
+def _backbones():
+    from msml_jax import models
+
+    return models.BACKBONES
+
+
+def _eval_embeddings():
+    from msml_jax.models import heads
+
+    return heads.EVAL_EMBEDDINGS
+
+
+def _preprocessings():
+    from msml_jax import models
+
+    return models.PREPROCESSING
 
 
 class Pair:
@@ -128,7 +142,7 @@ class Names:
     def problem(self, value):
         names = (value,) if isinstance(value, str) else value
         if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
-            return f"a tuple of dataset names among {', '.join(DATASETS)}"
+            return f"a tuple of dataset names among {', '.join(_dataset_names())}"
         return None
 
 
@@ -155,7 +169,7 @@ IMAGE_SIDE = Int(1, MAX_IMAGE_SIDE)
 FIELDS = {
     "seed": Field(Int(0, 2**32 - 1), 0, True),
     "dtype": Field(Choice("float32", "bfloat16"), "float32", True),
-    "data.name": Field(Choice(*DATASETS), "synthetic", True),
+    "data.name": Field(Choice(registry=_dataset_names), "synthetic", True),
     "data.seed": Field(Int(0, 2**32 - 1), 0, True),
     "data.synthetic.num_train_ids": Field(POSITIVE, 300),
     "data.synthetic.num_test_ids": Field(POSITIVE, 100),
@@ -181,15 +195,15 @@ FIELDS = {
     "data.trial": Field(Int(0, TRIALS - 1), 0),
     "data.protocol": Field(Str(), ""),
     "data.num_threads": Field(Int(1, 1024, optional=True), None),
-    "model.name": Field(Choice(*BACKBONE_STRIDES), "small_resnet", True),
+    "model.name": Field(Choice(registry=lambda: sorted(_backbones())), "small_resnet", True),
     "model.embed_dim": Field(Int(1, 65536), 128, True),
     "model.last_stride": Field(Choice(1, 2), 2, True),
     "model.pretrained": Field(Str(), ""),
     "model.keras_style": Field(Bool(), False),
-    "model.preprocessing": Field(Choice("auto", "imagenet", "caffe", "bninception", ""), "auto"),
+    "model.preprocessing": Field(Choice("auto", "", registry=_preprocessings), "auto"),
     "model.bnneck": Field(Bool(), False),
     "model.dropout": Field(Float(0.0, 1.0, high_open=True), 0.0),
-    "model.eval_embedding": Field(Choice(*EVAL_EMBEDDINGS), "embedding"),
+    "model.eval_embedding": Field(Choice(registry=_eval_embeddings), "embedding"),
     "loss": Field(Choice(*METRIC_LOSSES), "msml", True),
     "margin": Field(Float(0.0, 100.0), 0.3, True),
     "beta": Field(Float(0.0, 100.0), 0.2, True),
@@ -323,9 +337,10 @@ def validate_config(config):
             raise UserError(f"unknown loss {value!r} in config.loss: valid names are {', '.join(METRIC_LOSSES)}")
         if name == "model.name" and field.kind.problem(value):
             raise UserError(f"unknown model {value!r} in config.model.name: valid names are "
-                            f"{', '.join(sorted(BACKBONE_STRIDES))}")
+                            f"{', '.join(sorted(_backbones()))}")
         if name == "data.name" and field.kind.problem(value):
-            raise UserError(f"unknown dataset {value!r} in config.data.name: valid names are {', '.join(DATASETS)}")
+            raise UserError(f"unknown dataset {value!r} in config.data.name: valid names are "
+                            f"{', '.join(_dataset_names())}")
         want = field.kind.problem(value)
         if want:
             raise _fail(name, value, want)
@@ -351,7 +366,8 @@ def _check_combinations(v):
             f"{' and '.join(SOFT_MARGIN_LOSSES)} have one): set --config.soft_margin=False or --config.loss=trihard"
         )
     name, last_stride = v["model.name"], v["model.last_stride"]
-    stride = BACKBONE_STRIDES[name] // (2 if last_stride == 1 else 1)
+    backbone = _backbones()[name]
+    stride = backbone.stride // (2 if last_stride == 1 else 1)
     height, width = v["data.image_size"]
     if min(height, width) < stride:
         raise UserError(
@@ -362,20 +378,23 @@ def _check_combinations(v):
     if v["model.eval_embedding"] == "bnneck" and not v["model.bnneck"]:
         raise UserError("config.model.eval_embedding='bnneck' needs config.model.bnneck=True: set it, or choose "
                         "config.model.eval_embedding='embedding'")
-    if v["model.keras_style"] and name not in KERAS_STYLE_BACKBONES:
-        raise UserError(f"config.model.keras_style=True is only for resnet50/resnet101 (Keras's layout), not "
-                        f"{name!r}: set --config.model.keras_style=False")
+    if v["model.keras_style"] and not backbone.keras_style:
+        keras = ", ".join(sorted(n for n, b in _backbones().items() if b.keras_style))
+        raise UserError(f"config.model.keras_style=True is only for the backbones with Keras's layout ({keras}), "
+                        f"not {name!r}: set --config.model.keras_style=False")
     train = v["data.train"] or (v["data.name"],)
     train = (train,) if isinstance(train, str) else tuple(train)
     evaluated = v["data.eval"] or train
     evaluated = (evaluated,) if isinstance(evaluated, str) else tuple(evaluated)
     for field, names in (("data.train", train), ("data.eval", evaluated)):
         for dataset in names:
-            if dataset not in PROTOCOLS:
+            if dataset not in _dataset_names():
                 raise UserError(f"unknown dataset {dataset!r} in config.{field}: valid names are "
-                                f"{', '.join(DATASETS)}")
+                                f"{', '.join(_dataset_names())}")
     if len(set(train)) != len(train):
         raise UserError(f"config.data.train={train} names a dataset twice: list each once")
+    from msml_jax.data import check_protocol
+
     check_protocol(v["data.protocol"], evaluated)
     for steps, epochs in (("num_train_steps", "num_train_epochs"), ("checkpoint_every_steps", "checkpoint_every_epochs")):
         if v[steps] == 0 and not v[epochs]:
@@ -423,8 +442,11 @@ def check_paths(config, workdir):
     for field in ("train", "eval"):
         value = data.get(field) or ()
         names += [value] if isinstance(value, str) else list(value)
-    names = names or [data.get("name", "synthetic")]
-    if all(name == "synthetic" for name in names):
+    names = names or [data.get("name", FIELDS["data.name"].default)]
+    from msml_jax.data import find_dataset
+
+    # A builder module not imported yet reads files: no TensorFlow imported to find out.
+    if not any(getattr(find_dataset(name, import_builder=False), "reads_files", True) for name in names):
         return
     data_dir = os.path.expanduser(data.get("data_dir") or "~/tensorflow_datasets")
     if os.path.isdir(data_dir):

@@ -300,16 +300,12 @@ def test_validation_imports_neither_jax_nor_tensorflow():
 
 
 def test_tables_match_the_code():
-    """validate.py's copies of the losses, backbones and embeddings are the code's own."""
-    from msml_jax.models import BACKBONES
-    from msml_jax.models.heads import EVAL_EMBEDDINGS
+    """validate.py's copy of the losses is the code's own (the backbones, embeddings and datasets are read from
+    their registries)."""
     from msml_jax import config as validate
     from msml_jax.training import steps
 
     assert validate.METRIC_LOSSES == steps.METRIC_LOSSES
-    assert set(validate.BACKBONE_STRIDES) == set(BACKBONES)
-    assert validate.EVAL_EMBEDDINGS == EVAL_EMBEDDINGS
-    assert all(math.log2(s).is_integer() for s in validate.BACKBONE_STRIDES.values())
 
 
 def _ml_collections_accepts(argv):

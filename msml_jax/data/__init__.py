@@ -4,100 +4,51 @@ A split is a dict of numpy arrays: `images` (uint8 [N, H, W, 3], or encoded JPEG
 bytes object [N], or `source.EncodedImages` read by index from a prepared dataset's files),
 `pids` int [N], `camids` int [N] (extras allowed).
 
-The re-ID TFDS builders (`msml_jax.data.builders`: market1501, cuhk03, mars, cuhk_sysu,
-viper, prid2011, folder) are registered with TFDS when that package is first imported,
-which happens when a TFDS dataset is first loaded: importing this package (or
-`msml_jax.data.sampling`) needs neither TensorFlow nor TFDS.
-
-Each dataset declares how it is evaluated (`PROTOCOLS`): its protocols by name, the first
-being the default, each with the ranking it uses (`msml_jax.evaluation.protocols`).
+Each dataset declares itself in its own module (`registry.register_dataset`): how it loads, its
+protocols by name (the first being the default), each with the evaluation protocol that ranks it,
+and how many random splits it has. The TFDS builders (`msml_jax.data.builders`, one module per
+dataset) are imported, and registered with TFDS, the first time one is named; `import
+msml_jax.data.builders` registers them all (`tfds.builder("viper")` works after it). Importing
+this package (or `msml_jax.data.sampling`) needs neither TensorFlow nor TFDS.
 """
 
-import dataclasses
+import os
 
 import numpy as np
 
+# TensorFlow, which only the builders and the pipeline import, below this package: its C++ start-up chatter.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from msml_jax.data import synthetic  # noqa: F401  (registers the synthetic benchmark)
+from msml_jax.data.registry import DATASETS, Dataset, dataset_names, find_dataset, get_dataset, register_dataset  # noqa: F401
 from msml_jax.errors import UserError
 
-BUILDERS = ("market1501", "cuhk03", "mars", "cuhk_sysu", "viper", "prid2011", "folder")
-DATASETS = ("synthetic",) + BUILDERS
 
-# dataset -> {protocol name: ranking}; the first protocol is the dataset's default.
-#   image: each query image against the gallery images (Market-1501 rules: same pid and camera is junk);
-#   tracklet: frame features pooled per tracklet, then ranked as images (MARS);
-#   single_gallery_shot: each query against one random gallery image per identity, 10 draws averaged (CUHK03
-#     classic); ten_split: image ranking on one of the 10 random splits (config.data.trial), summarised over
-#     the ten by eval.py.
-PROTOCOLS = {
-    "synthetic": {"image": "image"},
-    "market1501": {"image": "image"},
-    "cuhk_sysu": {"image": "image"},
-    "folder": {"image": "image"},
-    "mars": {"tracklet": "tracklet"},
-    "cuhk03": {"new": "image", "classic": "single_gallery_shot"},
-    "viper": {"ten_split": "image"},
-    "prid2011": {"ten_split": "image"},
-}
-
-
-def protocol_of(name, requested=""):
-    """The protocol dataset `name` is evaluated with: `requested` if it has it, else its default.
-
-    `requested` (config.data.protocol) applies to each dataset that has a protocol of that name;
-    `check_protocol` refuses a name no evaluated dataset has.
-    """
-    protocols = PROTOCOLS[name]
-    return requested if requested in protocols else next(iter(protocols))
+def _dataset(name, field="config.data"):
+    """The registered dataset `name`, or a UserError naming `field` and the valid names."""
+    dataset = find_dataset(name)
+    if dataset is None:
+        raise UserError(f"unknown dataset {name!r} in {field}: valid names are {', '.join(dataset_names())}")
+    return dataset
 
 
 def check_protocol(requested, names):
     """UserError unless `requested` is "" or a protocol of at least one of the datasets `names`."""
-    if not requested or any(requested in PROTOCOLS.get(n, {}) for n in names):
+    if not requested:  # nothing to check: no builder module (TensorFlow) imported
         return
-    offered = "; ".join(f"{n}: {', '.join(PROTOCOLS[n])}" for n in names if n in PROTOCOLS)
+    datasets = [_dataset(n) for n in names]
+    if any(requested in d.protocols for d in datasets):
+        return
+    offered = "; ".join(f"{d.name}: {', '.join(d.protocols)}" for d in datasets)
     raise UserError(
         f"config.data.protocol={requested!r} is not a protocol of the evaluated dataset(s) {', '.join(names)} "
         f"(they offer {offered}): pick one of those, or '' for each dataset's default"
     )
 
 
-def load_splits(name, seed=0, options=None):
-    """Returns the {"train", "query", "gallery"} splits of the built-in dataset `name` ("synthetic").
-
-    Each split is a dict of numpy arrays: `images` uint8 [N, H, W, 3], `pids` [N], `camids` [N].
-    `options` are the dataset's own settings (for "synthetic": SyntheticSpec fields).
-    """
-    if name == "synthetic":
-        from msml_jax.data import synthetic
-
-        options = dict(options or {})
-        valid = {f.name for f in dataclasses.fields(synthetic.SyntheticSpec)}
-        unknown = sorted(set(options) - valid)
-        if unknown:
-            raise UserError(f"unknown field(s) {unknown} in config.data.synthetic: valid fields are {sorted(valid)}")
-        spec = synthetic.SyntheticSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
-        return synthetic.make_synthetic(seed, spec)
-    raise UserError(f"unknown dataset {name!r} in config.data.name: valid names are {', '.join(DATASETS)}")
-
-
 def _dataset_splits(name, data_config):
     """{"train", "query", "gallery"} of one dataset named in config.data, in its own protocol."""
-    if name == "synthetic":
-        options = data_config.get("synthetic")
-        return load_splits(name, data_config.seed, options.to_dict() if options is not None else None)
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r} in config.data: valid names are {', '.join(DATASETS)}")
-    from msml_jax.data import builders  # TFDS and TensorFlow: only when a TFDS dataset is loaded
-
-    data_dir = data_config.get("data_dir") or "~/tensorflow_datasets"
-    return builders.load(
-        name,
-        data_dir,
-        manual_dir=data_config.get("manual_dir") or None,
-        skip_corrupt=bool(data_config.get("skip_corrupt", False)),
-        trial=int(data_config.get("trial", 0)),
-        protocol=protocol_of(name, data_config.get("protocol", "")),
-    )
+    dataset = _dataset(name)
+    return dataset.load(data_config, dataset.protocol(data_config.get("protocol", "")))
 
 
 def train_datasets(data_config):
@@ -172,8 +123,8 @@ def load_eval_sets(data_config, splits=None):
     """{dataset: eval set} of the datasets `config.data` evaluates, each in its protocol.
 
     An eval set is a dict with `query`, `gallery` (splits keeping their own pids / camids),
-    `protocol` (its name), `ranking` (how `msml_jax.evaluation` ranks it, `PROTOCOLS`) and
-    `trial` (the ten-split datasets' split, else None). `splits`: already loaded
+    `protocol` (its name), `ranking` (the evaluation protocol that ranks it, `Dataset.protocols`) and
+    `trial` (the split of a dataset with several random ones, else None). `splits`: already loaded
     {dataset: {"train", "query", "gallery"}} to reuse.
     """
     eval_names = eval_datasets(data_config)
@@ -184,13 +135,14 @@ def load_eval_sets(data_config, splits=None):
     for name in eval_names:
         if name not in splits:
             splits[name] = _dataset_splits(name, data_config)
-        protocol = protocol_of(name, requested)
+        dataset = _dataset(name)
+        protocol = dataset.protocol(requested)
         eval_sets[name] = {
             "query": splits[name]["query"],
             "gallery": splits[name]["gallery"],
             "protocol": protocol,
-            "ranking": PROTOCOLS[name][protocol],
-            "trial": int(data_config.get("trial", 0)) if protocol == "ten_split" else None,
+            "ranking": dataset.protocols[protocol],
+            "trial": int(data_config.get("trial", 0)) if dataset.trials > 1 else None,
         }
     return eval_sets
 

@@ -16,15 +16,12 @@ as the same rows of the whole batch would.
 """
 
 import dataclasses
-import os
 
 import numpy as np
+import tensorflow as tf  # msml_jax.data (imported first) quiets its C++ start-up chatter
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-import tensorflow as tf  # noqa: E402
-
-from msml_jax.data import source  # noqa: E402
-from msml_jax.data.augment import Augmentation, Rows, apply, augment, plan  # noqa: E402,F401  (augment: this API's)
+from msml_jax.data import source
+from msml_jax.data.augment import Augmentation, Rows, apply, augment, plan  # noqa: F401  (augment: this API's)
 
 # TensorFlow only feeds data: keep it off any accelerator JAX will use.
 tf.config.set_visible_devices([], "GPU")

@@ -22,6 +22,9 @@ import dataclasses
 
 import numpy as np
 
+from msml_jax.data.registry import Dataset, register_dataset
+from msml_jax.errors import UserError
+
 # Independent random streams: identity looks, camera looks, per-image jitter, splits.
 _IDENTITY, _CAMERA, _IMAGE, _LAYOUT = 1, 2, 3, 4
 _SUPERSAMPLE = 2  # render at 2x and average down: smooth edges without an image library
@@ -231,3 +234,18 @@ def make_synthetic(seed=0, spec=SyntheticSpec()):
         name: _render_split(seed, spec, records, looks, cameras)
         for name, records in (("train", train), ("query", query), ("gallery", gallery))
     }
+
+
+def load_from_config(data_config, protocol=None):
+    """The benchmark of a run's `config.data`: its `seed` and the SyntheticSpec fields in `config.data.synthetic`."""
+    options = data_config.get("synthetic")
+    options = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
+    valid = {f.name for f in dataclasses.fields(SyntheticSpec)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise UserError(f"unknown field(s) {unknown} in config.data.synthetic: valid fields are {sorted(valid)}")
+    spec = SyntheticSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+    return make_synthetic(data_config.seed, spec)
+
+
+register_dataset(Dataset("synthetic", load=load_from_config, protocols={"image": "image"}, reads_files=False))

@@ -1,16 +1,16 @@
-"""Re-ID models: a backbone and the embedding head, built by name with `get_model`."""
-
-from typing import Any, Sequence
+"""Re-ID models: a registered backbone (`registry.BACKBONES`) and the embedding head, built by name with `get_model`."""
 
 import functools
+import importlib
+import pkgutil
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msml_jax.errors import UserError
-from msml_jax.models import inception, resnet
-from msml_jax.models.heads import EVAL_EMBEDDINGS, EmbeddingHead
+from msml_jax.models.heads import EmbeddingHead
+from msml_jax.models.registry import BACKBONES, get_backbone, register_backbone  # noqa: F401  (the registry)
 
 # ImageNet statistics in RGB, on the 0..255 scale (torchvision's preprocessing).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -25,18 +25,6 @@ PREPROCESSING = {
     # pretrainedmodels' BN-Inception: BGR, 0..255 minus the per-channel mean, no scaling
     "bninception": ((104.0, 117.0, 128.0), (1.0, 1.0, 1.0), "bgr"),
 }
-
-BACKBONES = {
-    "small_resnet": resnet.small_resnet,
-    "resnet18": resnet.resnet18,
-    "resnet34": resnet.resnet34,
-    "resnet50": resnet.resnet50,
-    "resnet101": resnet.resnet101,
-    "resnext50_32x4d": resnet.resnext50_32x4d,
-    "resnet50x": resnet.resnet50x,
-    "inception_v2": inception.inception_v2,
-}
-
 
 class ReidModel(nn.Module):
     """uint8 or float images [B, H, W, 3] (RGB, 0..255) -> dict of features, embeddings, logits (see EmbeddingHead).
@@ -88,7 +76,7 @@ def get_model(
     """Builds a re-ID model by backbone name.
 
     Args:
-      name: one of BACKBONES.
+      name: a registered backbone (`registry.BACKBONES`).
       num_classes: training identities (classifier outputs).
       embed_dim: size of the metric embedding (the paper uses 1024).
       dtype: compute dtype, "float32" or "bfloat16" (parameters, BatchNorm statistics and outputs stay float32).
@@ -103,32 +91,12 @@ def get_model(
       a ReidModel; `model.apply(variables, images, train=...)` returns a dict with `features`, `embeddings`,
       `logits` (and `bnneck`, `retrieval` with those options).
     """
-    if name not in BACKBONES:
-        raise UserError(f"unknown model {name!r} in config.model.name: valid names are {', '.join(sorted(BACKBONES))}")
-    if dtype not in ("float32", "bfloat16"):
-        raise UserError(f"config.dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-    if last_stride not in (1, 2):
-        raise UserError(f"config.model.last_stride must be 1 or 2, got {last_stride!r}")
-    if keras_style and name not in ("resnet50", "resnet101", "small_resnet"):
-        raise UserError(f"config.model.keras_style=True is only for resnet50/resnet101 (Keras's layout), not {name!r}")
-    eval_embedding = options.get("eval_embedding", "embedding")
-    if eval_embedding not in EVAL_EMBEDDINGS:
-        valid = ", ".join(EVAL_EMBEDDINGS)
-        raise UserError(f"config.model.eval_embedding={eval_embedding!r}: valid values are {valid}")
-    if eval_embedding == "bnneck" and not options.get("bnneck", False):
-        raise UserError("config.model.eval_embedding='bnneck' needs config.model.bnneck=True")
-    if not 0.0 <= float(options.get("dropout", 0.0)) < 1.0:
-        raise UserError(f"config.model.dropout must be in [0, 1), got {options['dropout']!r}")
     if preprocessing in (None, "", "auto"):
         preprocessing = "caffe" if keras_style else "imagenet"
-    if preprocessing not in PREPROCESSING:
-        raise UserError(
-            f"config.model.preprocessing={preprocessing!r}: valid values are auto, {', '.join(PREPROCESSING)}"
-        )
     mean, std, order = PREPROCESSING[preprocessing]
     options = {"pixel_mean": mean, "pixel_std": std, "channel_order": order, **options}
     compute_dtype = jnp.dtype(dtype)
-    backbone = BACKBONES[name](dtype=compute_dtype, last_stride=last_stride, keras_style=keras_style)
+    backbone = get_backbone(name).build(dtype=compute_dtype, last_stride=last_stride, keras_style=keras_style)
     return ReidModel(backbone=backbone, num_classes=num_classes, embed_dim=embed_dim, dtype=compute_dtype, **options)
 
 
@@ -155,4 +123,7 @@ def model_from_config(config, num_classes):
     )
 
 
-from msml_jax.models.pretrained import load_pretrained  # noqa: E402  (re-export; pretrained imports this package)
+# Every module of this package is imported with it: the backbone modules register themselves (registry.py).
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+from msml_jax.models.pretrained import load_pretrained  # noqa: E402,F401  (re-export)

@@ -17,6 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msml_jax.models.registry import register_backbone
+
 INCEPTION_V2_MODULES = (
     ("3a", 64, 64, 64, 64, 96, "avg", 32, 1),
     ("3b", 64, 64, 96, 64, 96, "avg", 64, 1),
@@ -134,6 +136,7 @@ class BNInception(nn.Module):
         return x
 
 
+@register_backbone("inception_v2", stride=32)
 def inception_v2(dtype=jnp.float32, last_stride=2, keras_style=False):
     """BN-Inception (the paper's "Inception-v2"); `keras_style` is not applicable (no Keras model)."""
     del keras_style

@@ -42,6 +42,7 @@ import numpy as np
 from flax import traverse_util
 
 from msml_jax.errors import UserError
+from msml_jax.models.registry import BACKBONES
 
 _SAFETENSORS_DTYPES = {
     "F64": "<f8",
@@ -254,9 +255,6 @@ def keras_to_flax(weights):
     return mapped, unused, sources
 
 
-_BNINCEPTION_STEM = ("conv1_7x7_s2", "conv2_3x3_reduce", "conv2_3x3")
-
-
 def is_bninception(state):
     """Whether a state dict is laid out as pretrainedmodels' bn_inception."""
     return "conv1_7x7_s2.weight" in state and "conv1_7x7_s2_bn.running_mean" in state
@@ -301,10 +299,6 @@ def bninception_to_flax(state):
             key = ("params", "backbone", *_bninception_path(module), leaf)
         mapped[key], sources[key] = value, name
     return mapped, unused, sources
-
-
-# Backbones that load what fits of another architecture's file; the reason goes into the report.
-PARTIAL = {("resnet50x", "torchvision"): "depthwise 3x3 convolutions: no ImageNet weights of their shape exist"}
 
 
 def _layer(path):
@@ -366,7 +360,8 @@ def load_pretrained(variables, model_config, log=print):
 
     flat = traverse_util.flatten_dict({k: variables[k] for k in ("params", "batch_stats") if k in variables})
     name = model_config.get("name", "?")
-    partial = PARTIAL.get((name, origin))
+    # Backbones that load what fits of another architecture's file declare it (registry.Backbone.partial_weights).
+    partial = BACKBONES[name].partial_weights.get(origin) if name in BACKBONES else None
     skipped = []  # (key, shape in the file) of a partial load's tensors that do not fit
     for key, value in list(mapped.items()):
         if key not in flat:

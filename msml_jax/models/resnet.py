@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msml_jax.models.registry import register_backbone
+
 TORCH_BN_EPSILON = 1e-5
 KERAS_BN_EPSILON = 1.001e-5
 
@@ -144,6 +146,7 @@ class ResNet(nn.Module):
         return x
 
 
+@register_backbone("small_resnet", stride=16, keras_style=True)
 def small_resnet(dtype=jnp.float32, last_stride=2, keras_style=False):
     """A ResNet-10-like backbone for small images on CPU: 3x3 stride-2 stem, widths 16-128, one block per stage."""
     return ResNet(
@@ -170,32 +173,39 @@ def _imagenet_resnet(stage_sizes, block, dtype, last_stride, keras_style):
     )
 
 
+@register_backbone("resnet18", stride=32)
 def resnet18(dtype=jnp.float32, last_stride=2, keras_style=False):
     """torchvision's resnet18 feature extractor (no fc): 512 channels at stride 32."""
     return _imagenet_resnet((2, 2, 2, 2), BasicBlock, dtype, last_stride, keras_style)
 
 
+@register_backbone("resnet34", stride=32)
 def resnet34(dtype=jnp.float32, last_stride=2, keras_style=False):
     """torchvision's resnet34 feature extractor (no fc): 512 channels at stride 32."""
     return _imagenet_resnet((3, 4, 6, 3), BasicBlock, dtype, last_stride, keras_style)
 
 
+@register_backbone("resnet50", stride=32, keras_style=True)
 def resnet50(dtype=jnp.float32, last_stride=2, keras_style=False):
     """torchvision's resnet50 (or, with keras_style, keras.applications.ResNet50) without fc: 2048 channels."""
     return _imagenet_resnet((3, 4, 6, 3), Bottleneck, dtype, last_stride, keras_style)
 
 
+@register_backbone("resnet101", stride=32, keras_style=True)
 def resnet101(dtype=jnp.float32, last_stride=2, keras_style=False):
     """torchvision's resnet101 feature extractor (no fc): 2048 channels at stride 32."""
     return _imagenet_resnet((3, 4, 23, 3), Bottleneck, dtype, last_stride, keras_style)
 
 
+@register_backbone("resnext50_32x4d", stride=32)
 def resnext50_32x4d(dtype=jnp.float32, last_stride=2, keras_style=False):
     """torchvision's resnext50_32x4d feature extractor (no fc): 32 groups of 4 channels in the first stage."""
     block = functools.partial(Bottleneck, groups=32, width_per_group=4)
     return _imagenet_resnet((3, 4, 6, 3), block, dtype, last_stride, keras_style)
 
 
+@register_backbone("resnet50x", stride=32, partial_weights={
+    "torchvision": "depthwise 3x3 convolutions: no ImageNet weights of their shape exist"})
 def resnet50x(dtype=jnp.float32, last_stride=2, keras_style=False):
     """ResNet50-X ("Resnet50-Xception"): ResNet-50 whose bottleneck 3x3 convolutions are channel-wise.
 

@@ -1,8 +1,9 @@
-"""The re-ID TFDS builders, registered with TFDS when this package is imported.
+"""The re-ID TFDS builders, one module per dataset (module name == TFDS name == dataset name).
 
-`import msml_jax.data` imports this package (when tensorflow_datasets is installed), so
-`tfds.builder("viper", data_dir=...)` works after it. Use `common.prepare` to build one
-from its manual directory leaving `data_dir` clean on failure.
+`import msml_jax.data.builders` imports every builder module, which registers each builder with TFDS (so
+`tfds.builder("viper", data_dir=...)` works after it) and as a dataset of this library (`common.ReidBuilder`
+declares it from the class's PROTOCOLS and TRIALS). Naming a dataset in a config imports its module the same way.
+Use `common.prepare` to build one from its manual directory leaving `data_dir` clean on failure.
 """
 
 import functools
@@ -10,11 +11,10 @@ import importlib
 import importlib.util
 import os
 
-from msml_jax.data import BUILDERS  # Module name == TFDS name. A module not in this checkout is left out.
+from msml_jax.data.registry import builder_modules, find_dataset
 
-for _name in BUILDERS:
-    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
-        importlib.import_module(f"{__name__}.{_name}")
+for _name in builder_modules():
+    importlib.import_module(f"{__name__}.{_name}")
 
 
 def random_access(builder):
@@ -98,7 +98,7 @@ def load(name, data_dir, manual_dir=None, skip_corrupt=False, trial=0, protocol=
       manual_dir: where the official release lies (None: TFDS's `<data_dir>/downloads/manual`).
       skip_corrupt: skip unreadable images when building instead of failing.
       trial: which of the protocol's random splits (VIPeR, PRID2011: 0..9); ignored by others.
-      protocol: the dataset's protocol (`msml_jax.data.PROTOCOLS`; None: its default), for datasets
+      protocol: the dataset's protocol (`Dataset.protocols`; None: its default), for datasets
         whose protocols use different splits (CUHK03: new or classic).
     """
     import tensorflow_datasets as tfds
@@ -107,8 +107,10 @@ def load(name, data_dir, manual_dir=None, skip_corrupt=False, trial=0, protocol=
     from msml_jax.data.builders import common
     from msml_jax.errors import UserError
 
-    if name not in BUILDERS or importlib.util.find_spec(f"{__name__}.{name}") is None:
-        raise UserError(f"unknown dataset {name!r} in config.data: valid names are synthetic, {', '.join(BUILDERS)}")
+    dataset = find_dataset(name)
+    if dataset is None or not dataset.reads_files:
+        raise UserError(f"{name!r} is not a TFDS dataset of msml_jax.data.builders: valid names are "
+                        f"{', '.join(builder_modules())}")
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt)
     if not builder.is_prepared():

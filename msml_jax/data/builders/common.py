@@ -10,6 +10,7 @@ them), `camid` (int64, 0-based camera) and `file_name` (the image's path in the 
 `.incomplete` folder and renames it on success; the parent folders and `downloads/` are removed here).
 """
 
+import functools
 import os
 import shutil
 import tarfile
@@ -21,6 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from msml_jax.data.registry import Dataset, register_dataset
 from msml_jax.errors import UserError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2")
@@ -190,12 +192,22 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """
 
     VERSION = tfds.core.Version("1.0.0")
+    # How the dataset is evaluated (msml_jax.data.registry.Dataset): its protocols, each with the evaluation
+    # protocol that ranks it (the first is the default), and the number of random splits of its protocol.
+    PROTOCOLS = {"image": "image"}
+    TRIALS = 1
     RELEASE_MARKER = None
     ARCHIVE_NAMES = ()
     EXTRA_FEATURES = {}
     IMAGE_ENCODING = "jpeg"
     HOMEPAGE = None
     CITATION = None
+
+    def __init_subclass__(cls, skip_registration=False, **kwargs):
+        super().__init_subclass__(skip_registration=skip_registration, **kwargs)
+        if not skip_registration:  # a builder class is a dataset: declared once, here
+            register_dataset(Dataset(cls.name, load=functools.partial(_load_prepared, cls.name),
+                                     protocols=dict(cls.PROTOCOLS), trials=int(cls.TRIALS)))
 
     def __init__(self, *, skip_corrupt=False, **kwargs):
         self.skip_corrupt = bool(skip_corrupt)
@@ -313,6 +325,20 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for tmp_dir in self._tmp_dirs:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
             self._tmp_dirs = []
+
+
+def _load_prepared(name, data_config, protocol):
+    """{"train", "query", "gallery"} of builder `name` as a run's `config.data` asks (`builders.load`)."""
+    from msml_jax.data import builders
+
+    return builders.load(
+        name,
+        data_config.get("data_dir") or "~/tensorflow_datasets",
+        manual_dir=data_config.get("manual_dir") or None,
+        skip_corrupt=bool(data_config.get("skip_corrupt", False)),
+        trial=int(data_config.get("trial", 0)),
+        protocol=protocol,
+    )
 
 
 def default_file_format():

@@ -161,6 +161,7 @@ class Cuhk03(common.ReidBuilder):
         Cuhk03Config(name="labeled", description="Hand-labeled bounding boxes."),
         Cuhk03Config(name="detected", description="DPM-detected bounding boxes."),
     ]
+    PROTOCOLS = {"new": "image", "classic": "single_gallery_shot"}  # Zhong et al.'s split; the paper's
     RELEASE_MARKER = MAT_NAME
     ARCHIVE_NAMES = ("cuhk03_release.zip",)
     IMAGE_ENCODING = "png"  # the release holds raw pixels; PNG keeps them exactly

@@ -52,6 +52,7 @@ def _read_names(path):
 class Mars(common.ReidBuilder):
     """MARS: frames of person tracklets from 6 cameras; tracklet ids kept for video re-id evaluation."""
 
+    PROTOCOLS = {"tracklet": "tracklet"}  # frame features pooled per tracklet, ranked as images
     RELEASE_MARKER = "info/tracks_test_info.mat"
     ARCHIVE_NAMES = ("MARS-evaluation-master.zip", "info.zip")
     EXTRA_FEATURES = {"tracklet": np.int64, "frame": np.int64}

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from msml_jax.data.builders import common
-from msml_jax.data.builders.viper import trial_split
+from msml_jax.data.builders.viper import NUM_TRIALS, trial_split
 
 NAME_PATTERN = re.compile(r"^person_(\d{4})\.png$")
 NUM_SHARED = 200  # persons 1..200 are seen by both cameras
@@ -55,6 +55,8 @@ class Prid2011(common.ReidBuilder):
 
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "2.0.0": "Only the cam_a / cam_b splits (trials are drawn at load)."}
+    PROTOCOLS = {"ten_split": "image"}  # image ranking on one of the random splits (config.data.trial)
+    TRIALS = NUM_TRIALS
     RELEASE_MARKER = "single_shot/cam_a"
     ARCHIVE_NAMES = ("prid_2011.zip",)
     IMAGE_ENCODING = "png"

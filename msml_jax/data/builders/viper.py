@@ -80,6 +80,8 @@ class Viper(common.ReidBuilder):
 
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release.", "2.0.0": "Only the cam_a / cam_b splits (trials are drawn at load)."}
+    PROTOCOLS = {"ten_split": "image"}  # image ranking on one of the random splits (config.data.trial)
+    TRIALS = NUM_TRIALS
     RELEASE_MARKER = "cam_a"
     ARCHIVE_NAMES = ("VIPeR.v1.0.zip", "VIPeR.zip")
     EXTRA_FEATURES = {"angle": np.int64}
