@@ -9,14 +9,14 @@ import dataclasses
 import numpy as np
 
 from msml_jax.errors import UserError
-from msml_jax.evaluation.protocols import RANKINGS
+from msml_jax.evaluation.protocols import get_protocol
 from msml_jax.evaluation.retrieval import embed_split, jit_embed_fn
 from msml_jax.evaluation.separation import separation_figures
 
 SEPARATION_FIELDS = ("auc", "neg_closer_than_median_pos", "gap_p95_p5")
 SEPARATION_MAX_PAIRS = 200_000  # above this many query x gallery pairs, a fixed-seed sample (see separation.py)
 
-FEATURE_FIELDS = ("pids", "camids", "tracklet", "file_name")  # kept beside the embeddings when a split has them
+FEATURE_FIELDS = ("pids", "camids", "file_name")  # kept beside the embeddings when a split has them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +58,11 @@ class Evaluator:
 
     def __init__(self, apply_fn, eval_sets, settings, mesh):
         self.eval_sets, self.settings, self.mesh = eval_sets, settings, mesh
+        self.protocols = {name: get_protocol(sets["ranking"]) for name, sets in eval_sets.items()}
         if settings.rerank:
             for name, sets in eval_sets.items():
-                gallery = sets["gallery"]
-                size = (len(np.unique(gallery["tracklet"])) if sets["ranking"] == "tracklet"
-                        else len(gallery["pids"]))
+                gallery, group_by = sets["gallery"], self.protocols[name].group_by
+                size = len(np.unique(gallery[group_by])) if group_by else len(gallery["pids"])
                 if settings.rerank[0] > size:
                     raise UserError(f"config.eval.k1={settings.rerank[0]} (re-ranking) is larger than the gallery of "
                                     f"{name} ({size} items): set it to at most {size} (--rerank_k1; the paper of "
@@ -71,24 +71,26 @@ class Evaluator:
 
     def features(self, variables):
         """{dataset: {"query": features, "gallery": features}}; features = `embeddings` float32 [N, D] plus the
-        split's pids, camids (and tracklet, file_name when present) and `image_index` (the row's image in the
-        split: for a tracklet, its first frame), one row per image, or per tracklet when the dataset ranks
-        tracklets."""
-        return {name: {part: self._embed(variables, sets[part], sets["ranking"]) for part in ("query", "gallery")}
+        split's pids, camids (and the protocol's group_by field, e.g. tracklet, and file_name when present) and
+        `image_index` (the row's image in the split: for a group, its first frame), one row per image, or per
+        group when the dataset's protocol pools groups (MARS's tracklets)."""
+        return {name: {part: self._embed(variables, sets[part], self.protocols[name].group_by)
+                       for part in ("query", "gallery")}
                 for name, sets in self.eval_sets.items()}
 
-    def _embed(self, variables, split, ranking):
+    def _embed(self, variables, split, group_by):
         s = self.settings
         kwargs = dict(batch_size=s.batch_size, image_size=s.image_size, mesh=self.mesh)
-        if ranking == "tracklet":
-            embeddings, _, first = embed_split(self.embed_fn, variables, split, groups=split["tracklet"],
+        if group_by:
+            embeddings, _, first = embed_split(self.embed_fn, variables, split, groups=split[group_by],
                                                pooling=s.pooling, **kwargs)
-            rows = first  # a tracklet's pid / camid / name: those of its first frame
+            rows = first  # a group's pid / camid / name (a tracklet's): those of its first frame
         else:
             embeddings = embed_split(self.embed_fn, variables, split, **kwargs)
             rows = np.arange(len(embeddings))
         out = {"embeddings": embeddings, "image_index": rows}
-        out.update({k: np.asarray(split[k])[rows] for k in FEATURE_FIELDS if k in split})
+        fields = FEATURE_FIELDS[:2] + ((group_by,) if group_by else ()) + FEATURE_FIELDS[2:]  # the group: as saved
+        out.update({k: np.asarray(split[k])[rows] for k in fields if k in split})
         return out
 
     def score(self, features, step):
@@ -100,8 +102,7 @@ class Evaluator:
         """
         records = []
         for name, sets in self.eval_sets.items():
-            rank = RANKINGS[sets["ranking"]]
-            metrics = rank(features[name]["query"], features[name]["gallery"], metric=self.settings.metric,
+            metrics = self.protocols[name].rank(features[name]["query"], features[name]["gallery"], metric=self.settings.metric,
                            normalize=self.settings.normalize, rerank=self.settings.rerank)
             q, g = features[name]["query"], features[name]["gallery"]
             separation = separation_figures(q["embeddings"], g["embeddings"], q["pids"], g["pids"], q["camids"],

@@ -1,9 +1,14 @@
-"""How a dataset's query and gallery features become ranking metrics: one function per ranking.
+"""Evaluation protocols, registered by name: how a dataset's query and gallery features become ranking metrics.
 
-`msml_jax.data.PROTOCOLS` says which ranking each dataset's protocol uses; the evaluator looks it up and never
-branches on dataset names. Features arrive as dicts with `embeddings` float [N, D], `pids`, `camids` int [N]
-(already pooled per tracklet for "tracklet").
+A protocol is a small object (`Protocol`): its ranking function, and the split field whose rows it pools into one
+item first (MARS's tracklets). Each dataset names the protocols that rank it (`msml_jax.data.Dataset.protocols`);
+the evaluator looks them up here and never branches on dataset or protocol names. A new protocol is one
+`register_protocol(...)` call. Features arrive as dicts with `embeddings` float [N, D], `pids`, `camids` int [N]
+(already pooled when the protocol has `group_by`).
 """
+
+import dataclasses
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -83,5 +88,37 @@ def single_gallery_shot(query, gallery, *, metric="euclidean", normalize=True, d
     return out
 
 
-# ranking name (msml_jax.data.PROTOCOLS) -> function; "tracklet" ranks the pooled tracklet features as images.
-RANKINGS = {"image": rank_images, "tracklet": rank_images, "single_gallery_shot": single_gallery_shot}
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """rank: fn(query, gallery, *, metric, normalize, rerank) -> {mAP, mINP, rank1, rank5, rank10, rank20,
+    num_queries} (fractions), from features dicts (see the module docstring).
+    group_by: a split field (e.g. "tracklet") whose rows are pooled (config.eval.pooling) into one item before
+    ranking; that item carries the pid, camid and name of its first row. None: each image is an item.
+    """
+
+    name: str
+    rank: Callable
+    group_by: Optional[str] = None
+
+
+PROTOCOLS = {}
+
+
+def register_protocol(name, rank, group_by=None):
+    """Declares protocol `name` (see `Protocol`); returns it."""
+    if name in PROTOCOLS:
+        raise ValueError(f"protocol {name!r} is registered twice")
+    PROTOCOLS[name] = Protocol(name, rank, group_by)
+    return PROTOCOLS[name]
+
+
+def get_protocol(name):
+    """The registered `Protocol` called `name`; ValueError naming the registered ones otherwise."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {name!r}: registered protocols are {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+register_protocol("image", rank_images)
+register_protocol("tracklet", rank_images, group_by="tracklet")  # MARS: frame features pooled per tracklet
+register_protocol("single_gallery_shot", single_gallery_shot)  # CUHK03 classic
