@@ -36,7 +36,7 @@ def main(argv):
         from msml_jax.training.loop import PREEMPTED_EXIT_CODE, Preempted, train_and_evaluate
 
         try:
-            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+            train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, validated=True)
         except Preempted as e:
             print(str(e), file=sys.stderr, flush=True)
             sys.exit(PREEMPTED_EXIT_CODE)

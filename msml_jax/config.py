@@ -338,9 +338,10 @@ def validate_config(config):
         if name == "model.name" and field.kind.problem(value):
             raise UserError(f"unknown model {value!r} in config.model.name: valid names are "
                             f"{', '.join(sorted(_backbones()))}")
-        if name == "data.name" and field.kind.problem(value):
-            raise UserError(f"unknown dataset {value!r} in config.data.name: valid names are "
-                            f"{', '.join(_dataset_names())}")
+        if name == "data.name" and field.kind.problem(value) and isinstance(value, str):
+            from msml_jax.data import check_dataset_names
+
+            check_dataset_names([value], "config.data.name")
         want = field.kind.problem(value)
         if want:
             raise _fail(name, value, want)
@@ -382,19 +383,12 @@ def _check_combinations(v):
         keras = ", ".join(sorted(n for n, b in _backbones().items() if b.keras_style))
         raise UserError(f"config.model.keras_style=True is only for the backbones with Keras's layout ({keras}), "
                         f"not {name!r}: set --config.model.keras_style=False")
-    train = v["data.train"] or (v["data.name"],)
-    train = (train,) if isinstance(train, str) else tuple(train)
-    evaluated = v["data.eval"] or train
-    evaluated = (evaluated,) if isinstance(evaluated, str) else tuple(evaluated)
-    for field, names in (("data.train", train), ("data.eval", evaluated)):
-        for dataset in names:
-            if dataset not in _dataset_names():
-                raise UserError(f"unknown dataset {dataset!r} in config.{field}: valid names are "
-                                f"{', '.join(_dataset_names())}")
-    if len(set(train)) != len(train):
-        raise UserError(f"config.data.train={train} names a dataset twice: list each once")
-    from msml_jax.data import check_protocol
+    from msml_jax.data import check_dataset_names, check_protocol, eval_datasets, train_datasets
 
+    data = {"name": v["data.name"], "train": v["data.train"], "eval": v["data.eval"]}
+    check_dataset_names(train_datasets(data), "config.data.train")
+    evaluated = eval_datasets(data)
+    check_dataset_names(evaluated, "config.data.eval")
     check_protocol(v["data.protocol"], evaluated)
     for steps, epochs in (("num_train_steps", "num_train_epochs"), ("checkpoint_every_steps", "checkpoint_every_epochs")):
         if v[steps] == 0 and not v[epochs]:

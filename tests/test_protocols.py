@@ -174,7 +174,7 @@ def _num_train_ids():
 def test_paper_steps_per_epoch_come_from_the_loaded_training_split(releases, dataset):
     from msml_jax.training.trainer import setup
 
-    config, train, eval_sets, _ = setup(_paper(f"{dataset},resnet50,msml", releases))
+    config, train, eval_sets, _, _ = setup(_paper(f"{dataset},resnet50,msml", releases))
     ids = _num_train_ids()
     num_ids = sum(ids.values()) if dataset == "all" else ids["cuhk03"]
     assert len(np.unique(train["pids"])) == num_ids

@@ -23,12 +23,20 @@ from msml_jax.data.registry import DATASETS, Dataset, dataset_names, find_datase
 from msml_jax.errors import UserError
 
 
+def check_dataset_names(names, field):
+    """UserError naming `field` (e.g. "config.data.train") and the valid names unless each of `names` is a dataset.
+
+    Reads the names only: no builder module (nor TensorFlow) is imported."""
+    valid = dataset_names()
+    for name in names:
+        if name not in valid:
+            raise UserError(f"unknown dataset {name!r} in {field}: valid names are {', '.join(valid)}")
+
+
 def _dataset(name, field="config.data"):
     """The registered dataset `name`, or a UserError naming `field` and the valid names."""
-    dataset = find_dataset(name)
-    if dataset is None:
-        raise UserError(f"unknown dataset {name!r} in {field}: valid names are {', '.join(dataset_names())}")
-    return dataset
+    check_dataset_names([name], field)
+    return find_dataset(name)
 
 
 def check_protocol(requested, names):
@@ -53,7 +61,7 @@ def _dataset_splits(name, data_config):
 
 def train_datasets(data_config):
     """The names of the datasets trained on: `config.data.train` if set, else (`config.data.name`,)."""
-    names = data_config.get("train") or (data_config.name,)
+    names = data_config.get("train") or (data_config.get("name"),)
     names = (names,) if isinstance(names, str) else tuple(names)
     if len(set(names)) != len(names):
         raise UserError(f"config.data.train={names} names a dataset twice: list each once")

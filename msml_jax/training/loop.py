@@ -131,18 +131,20 @@ def _default_batches(trainer, start_step):
                                      rows).as_numpy_iterator()
 
 
-def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard=True):
+def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard=True, validated=False):
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final evaluation records.
 
     `batches(trainer, start_step)`: an iterable of this process's rows of each training batch from `start_step`
     on, dicts of numpy `images`, `labels` and `step` (default: the tf.data pipeline); `evaluate=False` skips the
-    evaluations (benchmarks); `tensorboard=False` writes metrics.jsonl only.
+    evaluations (benchmarks); `tensorboard=False` writes metrics.jsonl only; `validated`: the caller has validated
+    `config` and checked `workdir` already (train.py's gate), so they are not checked twice.
 
     Raises UserError on a config mistake, on a config different from the checkpoint's, and on a NaN/Inf loss;
     Preempted after saving a checkpoint on SIGTERM.
     """
-    check_paths(config, workdir)
-    trainer = create_trainer(config)
+    if not validated:
+        check_paths(config, workdir)
+    trainer = create_trainer(config, validated=validated)
     config, mesh, per_epoch = trainer.config, trainer.mesh, trainer.per_epoch
     is_main = jax.process_index() == 0
     checkpoint_dir = os.path.join(workdir, "checkpoints")

@@ -1,4 +1,5 @@
-"""Epochs and steps: a schedule given in epochs becomes steps from the training split actually loaded."""
+"""Epochs and steps: a schedule given in epochs becomes steps from the training split actually loaded (its PK
+sampler's `steps_per_epoch`: every training identity drawn once)."""
 
 EPOCH_FIELDS = (  # field in epochs -> the step field it sets
     ("num_train_epochs", "num_train_steps"),
@@ -6,11 +7,6 @@ EPOCH_FIELDS = (  # field in epochs -> the step field it sets
     ("checkpoint_every_epochs", "checkpoint_every_steps"),
     ("eval_every_epochs", "eval_every_steps"),
 )
-
-
-def steps_per_epoch(num_train_ids, P):
-    """One epoch = every training identity drawn once: num_train_ids // P steps (at least 1)."""
-    return max(1, int(num_train_ids) // int(P))
 
 
 def resolve_epochs(config, per_epoch):

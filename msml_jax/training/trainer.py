@@ -17,23 +17,27 @@ from msml_jax.data.sampling import PKSampler
 from msml_jax.evaluation.evaluator import EvalSettings, Evaluator
 from msml_jax.models import load_pretrained, model_from_config
 from msml_jax.training import steps
-from msml_jax.training.schedule import resolve_epochs, steps_per_epoch
+from msml_jax.training.schedule import resolve_epochs
 from msml_jax.config import validate_config
 
 
-def setup(config):
-    """(config, train split, eval sets, model) of a run, before any compile or write; user mistakes surface here.
+def setup(config, validated=False):
+    """(config, train split, eval sets, model, sampler) of a run, before any compile or write; user mistakes
+    surface here.
 
-    The config comes back with its schedule in steps: epoch fields (`training.schedule`) resolved with the
-    steps per epoch of the training split actually loaded.
+    The config is validated unless the caller already did (`validated`, train.py's gate). It comes back with its
+    schedule in steps: epoch fields (`training.schedule`) resolved with the steps per epoch of the PK sampler of
+    the training split actually loaded, and checked again only when that changed a field.
     """
-    validate_config(config)
+    if not validated:
+        validate_config(config)
     train, eval_sets = load_datasets(config.data)
-    identities = np.unique(train["pids"])
-    config = resolve_epochs(config, steps_per_epoch(len(identities), config.P))
-    validate_config(config)
-    model = model_from_config(config, len(identities))
-    return config, train, eval_sets, model
+    sampler = PKSampler(train["pids"], config.P, config.K, config.seed)
+    resolved = resolve_epochs(config, sampler.steps_per_epoch)
+    if resolved.to_dict() != config.to_dict():
+        validate_config(resolved)
+    model = model_from_config(resolved, len(sampler.identities))
+    return resolved, train, eval_sets, model, sampler
 
 
 def jit_train_step(config, mesh, watch=False):
@@ -99,14 +103,14 @@ class Trainer:
         return {"params": self.state.params, "batch_stats": self.state.batch_stats}
 
 
-def create_trainer(config, mesh=None):
-    """A `Trainer` for `config` over `mesh` (default: every device of every process), state at step 0."""
-    config, train, eval_sets, model = setup(config)
+def create_trainer(config, mesh=None, validated=False):
+    """A `Trainer` for `config` over `mesh` (default: every device of every process), state at step 0.
+
+    `validated`: the caller has validated `config` already (see `setup`)."""
+    config, train, eval_sets, model, sampler = setup(config, validated)
     mesh = sharding.make_mesh() if mesh is None else mesh
     sharding.check_batch_size(config.batch_size, mesh)
-    sampler = PKSampler(train["pids"], config.P, config.K, config.seed)
-    per_epoch = steps_per_epoch(len(sampler.identities), config.P)
     state = init_state(model, config, mesh)
     evaluator = Evaluator(model.apply, eval_sets, EvalSettings.from_config(config, mesh.devices.size), mesh)
-    return Trainer(config, model, mesh, train, eval_sets, sampler, per_epoch, state,
+    return Trainer(config, model, mesh, train, eval_sets, sampler, sampler.steps_per_epoch, state,
                    jit_train_step(config, mesh, watch=True), evaluator)
