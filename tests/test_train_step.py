@@ -56,7 +56,8 @@ def test_metric_loss_gradient_reaches_the_parameters_and_matches_finite_differen
         apply_fn=_linear_apply, params={"w": jnp.asarray(w, jnp.float32), "v": jnp.asarray(v, jnp.float32)},
         batch_stats={}, tx=optax.sgd(1.0),
     )
-    train_step = jax.jit(functools.partial(steps.train_step, config=config))  # one compile, not one per op
+    settings = steps.StepSettings.from_config(config)
+    train_step = jax.jit(functools.partial(steps.train_step, settings=settings))  # one compile, not one per op
     new, metrics = train_step(state, jnp.asarray(images, jnp.float32), jnp.asarray(LABELS))
     grad_w = w - np.asarray(new.params["w"], np.float64)
 
