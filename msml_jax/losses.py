@@ -131,6 +131,11 @@ def metric_loss(settings: Any, embeddings: jax.Array, labels: jax.Array, key: ja
     return spec.fn(embeddings, labels, **kwargs)
 
 
+# Loss keyword -> settings field, shared by the registrations below.
+_MARGIN = {"margin": "margin", "normalize": "normalize"}
+_HARD_MINING = {**_MARGIN, "soft_margin": "soft_margin"}
+
+
 def _prepare(embeddings: jax.Array, normalize: bool) -> jax.Array:
     x = compute_dtype(embeddings)
     return l2_normalize(x) if normalize else x
@@ -237,7 +242,7 @@ def no_metric_loss(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.zeros((), jnp.float32)
 
 
-@register_loss("triplet", hyperparameters={"margin": "margin", "normalize": "normalize"}, random=True)
+@register_loss("triplet", hyperparameters=_MARGIN, random=True)
 def triplet_loss(
     embeddings: jax.Array,
     labels: jax.Array,
@@ -348,15 +353,9 @@ def quadruplet_loss(
     return _masked_mean(term1 + term2, valid)
 
 
-@register_loss("trihard", hyperparameters={"margin": "margin", "normalize": "normalize", "soft_margin": "soft_margin"},
-               soft_margin=True)
-def trihard_loss(
-    embeddings: jax.Array,
-    labels: jax.Array,
-    margin: float = 0.3,
-    normalize: bool = True,
-    soft_margin: bool = False,
-) -> jax.Array:
+@register_loss("trihard", hyperparameters=_HARD_MINING, soft_margin=True)
+def trihard_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.3, normalize: bool = True,
+                 soft_margin: bool = False) -> jax.Array:
     """Batch-hard triplet loss ("TriHard"), eq. 4 of the paper.
 
     ``L = mean_{valid a} ( max_{p != a, y_p = y_a} d(a, p) - min_{y_n != y_a} d(a, n) + margin )_+``
@@ -379,15 +378,9 @@ def trihard_loss(
     return _masked_mean(per_anchor, valid)
 
 
-@register_loss("msml", hyperparameters={"margin": "margin", "normalize": "normalize", "soft_margin": "soft_margin"},
-               soft_margin=True)
-def msml_loss(
-    embeddings: jax.Array,
-    labels: jax.Array,
-    margin: float = 0.3,
-    normalize: bool = True,
-    soft_margin: bool = False,
-) -> jax.Array:
+@register_loss("msml", hyperparameters=_HARD_MINING, soft_margin=True)
+def msml_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.3, normalize: bool = True,
+              soft_margin: bool = False) -> jax.Array:
     """Margin Sample Mining Loss, eq. 5 of the paper: one hinge per batch.
 
     ``L = ( max_{i != j, y_i = y_j} d(i, j) - min_{y_i != y_k} d(i, k) + margin )_+``

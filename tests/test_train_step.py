@@ -119,3 +119,14 @@ def test_adam_moves_each_parameter_by_the_scheduled_rate(schedule, expected):
         move = np.asarray(new.params["w"] - state.params["w"])
         np.testing.assert_allclose(move, -rate * np.sign(grads["w"]), rtol=1e-4)  # float32 rounding
         state = new
+
+
+def test_step_settings_are_small_frozen_and_hashable():
+    config = make_tiny_config()
+    settings = steps.StepSettings.from_config(config)
+    assert hash(settings) == hash(steps.StepSettings.from_config(config))
+    assert settings.lr_boundaries == tuple(config.lr_boundaries) and settings.loss == config.loss
+    with pytest.raises(AttributeError):
+        settings.margin = 1.0
+    rates = [float(steps.learning_rate_schedule(settings)(t)) for t in range(6)]
+    assert rates == [float(steps.learning_rate_schedule(config)(t)) for t in range(6)]
