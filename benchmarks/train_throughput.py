@@ -89,7 +89,7 @@ def measure(name, size, dtype, batch, k, num_classes, embed_dim, num_steps, warm
     images = jnp.asarray(rng.integers(0, 256, (batch, *size, 3), np.uint8))
     ids = rng.choice(num_classes, batch // k, replace=False)
     labels = jnp.asarray(np.repeat(ids, k).astype(np.int32))
-    step = jax.jit(functools.partial(steps.train_step, config=config), donate_argnums=0)
+    step = jax.jit(functools.partial(steps.train_step, settings=steps.StepSettings.from_config(config)), donate_argnums=0)
     compiled = step.lower(state, images, labels).compile()
     flops = flops_of(compiled)
     for _ in range(warmup):

@@ -15,8 +15,6 @@ import os
 
 from msml_jax.errors import UserError
 
-METRIC_LOSSES = ("cls", "triplet", "quadruplet", "trihard", "msml")  # as training.steps.METRIC_LOSSES
-SOFT_MARGIN_LOSSES = ("msml", "trihard")  # the losses of msml_jax.losses with a soft_margin form
 TRIALS = 10  # VIPeR / PRID2011 protocol splits
 MAX_IMAGE_SIDE = 4096
 MAX_STEPS = 10**9
@@ -121,6 +119,13 @@ def _preprocessings():
     return models.PREPROCESSING
 
 
+def _losses():
+    """msml_jax.losses' registry, imported when first needed: importing this module stays free of JAX."""
+    from msml_jax.losses import LOSSES
+
+    return LOSSES
+
+
 class Pair:
     """Two values, each valid for `item` (and first <= second when `ordered`)."""
 
@@ -155,8 +160,20 @@ class Boundaries:
 
 
 class Field:
+    """A field's kind, its default (a callable: computed when first read) and whether a config must set it."""
+
     def __init__(self, kind, default, required=False):
-        self.kind, self.default, self.required = kind, default, required
+        self.kind, self._default, self.required = kind, default, required
+
+    @property
+    def default(self):
+        return self._default() if callable(self._default) else self._default
+
+
+def _paper_loss():
+    from msml_jax.losses import PAPER_LOSS
+
+    return PAPER_LOSS
 
 
 PROB = Float(0.0, 1.0)
@@ -204,7 +221,7 @@ FIELDS = {
     "model.bnneck": Field(Bool(), False),
     "model.dropout": Field(Float(0.0, 1.0, high_open=True), 0.0),
     "model.eval_embedding": Field(Choice(registry=_eval_embeddings), "embedding"),
-    "loss": Field(Choice(*METRIC_LOSSES), "msml", True),
+    "loss": Field(Choice(registry=lambda: tuple(_losses())), _paper_loss, True),
     "margin": Field(Float(0.0, 100.0), 0.3, True),
     "beta": Field(Float(0.0, 100.0), 0.2, True),
     "soft_margin": Field(Bool(), False, True),
@@ -334,7 +351,7 @@ def validate_config(config):
                                 f"as in configs/synthetic.py)")
             value = field.default
         if name == "loss" and field.kind.problem(value):
-            raise UserError(f"unknown loss {value!r} in config.loss: valid names are {', '.join(METRIC_LOSSES)}")
+            raise UserError(f"unknown loss {value!r} in config.loss: valid names are {', '.join(_losses())}")
         if name == "model.name" and field.kind.problem(value):
             raise UserError(f"unknown model {value!r} in config.model.name: valid names are "
                             f"{', '.join(sorted(_backbones()))}")
@@ -351,7 +368,8 @@ def validate_config(config):
 
 def _check_combinations(v):
     loss, P, K, batch = v["loss"], v["P"], v["K"], v["batch_size"]
-    if loss != "cls" and (P < 2 or K < 2):
+    spec = _losses()[loss]
+    if spec.needs_pairs and (P < 2 or K < 2):
         raise UserError(
             f"config.loss={loss!r} needs positive and negative pairs in every batch: "
             f"set config.P >= 2 and config.K >= 2 (got P={P}, K={K})"
@@ -361,10 +379,12 @@ def _check_combinations(v):
             f"config.batch_size={batch} must equal config.P * config.K = {P} * {K} = {P * K}: change "
             f"config.batch_size, config.P or config.K"
         )
-    if v["soft_margin"] and loss not in SOFT_MARGIN_LOSSES:
+    if v["soft_margin"] and not spec.soft_margin:
+        soft = [name for name, other in _losses().items() if other.soft_margin]
         raise UserError(
             f"config.soft_margin=True but config.loss={loss!r} has no soft-margin form (only "
-            f"{' and '.join(SOFT_MARGIN_LOSSES)} have one): set --config.soft_margin=False or --config.loss=trihard"
+            f"{' and '.join(soft)} have one): set --config.soft_margin=False"
+            + (f" or --config.loss={soft[0]}" if soft else "")
         )
     name, last_stride = v["model.name"], v["model.last_stride"]
     backbone = _backbones()[name]

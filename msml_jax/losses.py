@@ -1,16 +1,32 @@
-"""Metric-learning and classification losses for person re-identification.
+"""Metric-learning and classification losses for person re-identification, each metric loss registered by name.
 
 Implements the losses compared in "Margin Sample Mining Loss: A Deep Learning
-Based Method for Person Re-identification" (Xiao, Luo, Zhang 2017):
+Based Method for Person Re-identification" (Xiao, Luo, Zhang 2017). Registered
+in ``LOSSES`` (the names ``config.loss`` accepts, in this order):
 
-* ``triplet_loss``           -- eq. 1, triplets sampled at random,
-* ``quadruplet_loss``        -- eq. 2 (Chen et al. 2017), sampled at random,
-* ``trihard_loss``           -- eq. 4, batch-hard triplet (Hermans et al. 2017),
-* ``msml_loss``              -- eq. 5, margin sample mining (one hinge per batch),
-* ``batch_all_triplet_loss`` -- hinge averaged over every valid triplet,
-* ``classification_loss``    -- softmax cross-entropy with label smoothing,
+* ``"cls"``        -- ``no_metric_loss``: 0, classification only,
+* ``"triplet"``    -- ``triplet_loss``, eq. 1, triplets sampled at random,
+* ``"quadruplet"`` -- ``quadruplet_loss``, eq. 2 (Chen et al. 2017), sampled at random,
+* ``"trihard"``    -- ``trihard_loss``, eq. 4, batch-hard triplet (Hermans et al. 2017),
+* ``"msml"``       -- ``msml_loss``, eq. 5, margin sample mining (one hinge per batch; the paper's, ``PAPER_LOSS``).
 
-plus the helpers ``pairwise_distance`` and ``hardest_pairs``.
+Not registered: ``batch_all_triplet_loss`` (hinge averaged over every valid
+triplet) and ``classification_loss`` (softmax cross-entropy with label
+smoothing, added to every metric loss by the train step); plus the helper
+``hardest_pairs``. ``pairwise_distance`` and ``l2_normalize`` live in
+``msml_jax.distances`` (re-exported here).
+
+Adding a loss is one registration; the config schema, the train step and the
+reproduction driver read ``LOSSES``::
+
+    @register_loss("contrastive", hyperparameters={"margin": "margin", "normalize": "normalize"})
+    def contrastive_loss(embeddings, labels, margin=0.3, normalize=True):
+        ...  # scalar
+
+``hyperparameters`` maps each keyword of the function to the ``StepSettings`` /
+config field it is read from; ``random=True`` passes a fresh PRNG ``key=`` each
+step; ``needs_pairs=False`` allows batches without positive or negative pairs
+(P or K of 1); ``soft_margin=True`` declares a ``soft_margin`` form.
 
 Conventions shared by every metric loss:
 
@@ -32,13 +48,22 @@ Conventions shared by every metric loss:
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from msml_jax.distances import compute_dtype, l2_normalize, pairwise_distance
+
 __all__ = [
+    "LOSSES",
+    "PAPER_LOSS",
+    "LossSpec",
+    "register_loss",
+    "metric_loss",
+    "no_metric_loss",
     "pairwise_distance",
     "hardest_pairs",
     "msml_loss",
@@ -50,90 +75,70 @@ __all__ = [
     "l2_normalize",
 ]
 
-METRICS = ("euclidean", "sqeuclidean", "cosine")
 
-# Squared-norm floor for l2 normalization: a zero embedding maps to the zero
-# vector (not NaN) and its gradient stays finite.
-_NORM_EPS = 1e-12
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """A registered metric loss.
+
+    ``fn(embeddings [N, D], labels [N], *, key=..., **hyperparameters) -> scalar``; ``hyperparameters`` maps
+    each keyword of ``fn`` to the settings field it is read from (quadruplet: ``alpha`` <- ``margin``);
+    ``random``: ``fn`` takes a PRNG ``key``; ``needs_pairs``: every batch must hold positive and negative
+    pairs (P >= 2 and K >= 2); ``soft_margin``: ``fn`` has a soft-margin form (its ``soft_margin`` keyword).
+    """
+
+    name: str
+    fn: Callable[..., jax.Array]
+    hyperparameters: Mapping[str, str]
+    random: bool = False
+    needs_pairs: bool = True
+    soft_margin: bool = False
 
 
-def _compute_dtype(x: jax.Array) -> jax.Array:
-    """Casts to at least float32: bfloat16/float16 distances would be too coarse
-    for the hinge comparisons, while float64 (x64 mode) is kept for exactness."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+LOSSES: Dict[str, LossSpec] = {}
+PAPER_LOSS = "msml"  # the paper's loss: the reference of the reproduction tables
 
 
-def l2_normalize(x: jax.Array) -> jax.Array:
-    """x / max(||x||, sqrt(eps)) row-wise, shape preserved; a zero row stays zero."""
-    sq = jnp.sum(x * x, axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS))
+def register_loss(name: str, *, hyperparameters: Mapping[str, str] = (), random: bool = False,
+                  needs_pairs: bool = True, soft_margin: bool = False):
+    """Decorator: registers ``fn`` as the metric loss ``name`` (see ``LossSpec``) and returns it unchanged.
+
+    Raises:
+      ValueError: when ``name`` is taken.
+    """
+    def register(fn):
+        if name in LOSSES:
+            raise ValueError(f"a loss named {name!r} is already registered ({LOSSES[name].fn.__qualname__})")
+        LOSSES[name] = LossSpec(name, fn, dict(hyperparameters), random, needs_pairs, soft_margin)
+        return fn
+
+    return register
+
+
+def metric_loss(settings: Any, embeddings: jax.Array, labels: jax.Array, key: jax.Array) -> jax.Array:
+    """The metric loss ``settings.loss`` on one batch, its hyperparameters read from ``settings`` (any object
+    with the fields its ``LossSpec`` names, e.g. ``training.steps.StepSettings``); ``key`` is used by random
+    losses only.
+
+    Raises:
+      ValueError: for an unregistered loss name.
+    """
+    spec = LOSSES.get(settings.loss)
+    if spec is None:
+        raise ValueError(f"unknown loss {settings.loss!r}: valid names are {', '.join(LOSSES)}")
+    kwargs = {kwarg: getattr(settings, field) for kwarg, field in spec.hyperparameters.items()}
+    if spec.random:
+        kwargs["key"] = key
+    return spec.fn(embeddings, labels, **kwargs)
+
+
+# Loss keyword -> settings field, shared by the registrations below.
+_MARGIN = {"margin": "margin", "normalize": "normalize"}
+_HARD_MINING = {**_MARGIN, "soft_margin": "soft_margin"}
 
 
 def _prepare(embeddings: jax.Array, normalize: bool) -> jax.Array:
-    x = _compute_dtype(embeddings)
+    x = compute_dtype(embeddings)
     return l2_normalize(x) if normalize else x
-
-
-def pairwise_distance(
-    a: jax.Array, b: Optional[jax.Array] = None, metric: str = "euclidean"
-) -> jax.Array:
-    """All pairwise distances between the rows of ``a`` and ``b``.
-
-    Args:
-      a: ``[N, D]``.
-      b: ``[M, D]``; ``None`` means ``b = a`` (then the diagonal is exactly 0).
-      metric: one of
-
-        * ``"sqeuclidean"``: ``d2(i, j) = max(||a_i||^2 + ||b_j||^2 - 2 a_i.b_j, 0)``
-        * ``"euclidean"``:   ``d(i, j) = sqrt(d2(i, j))``
-        * ``"cosine"``:      ``d(i, j) = 1 - a_i.b_j / (||a_i|| ||b_j||)``,
-          clipped to ``[0, 2]``
-
-    Returns:
-      ``[N, M]`` distances in at least float32.
-
-    The gradient is finite everywhere, including where two rows coincide
-    (distance 0): there the euclidean gradient is defined as 0.
-
-    Raises:
-      ValueError: for an unknown ``metric``.
-    """
-    if metric not in METRICS:
-        raise ValueError(f"Unknown metric {metric!r}; valid metrics are {METRICS}.")
-    same = b is None
-    a = _compute_dtype(a)
-    b = a if same else _compute_dtype(b)
-    dtype = jnp.promote_types(a.dtype, b.dtype)
-    a, b = a.astype(dtype), b.astype(dtype)
-
-    # HIGHEST precision: on accelerators the default matmul may run in
-    # TF32/bf16, whose ~1e-3 relative error would swamp small distances.
-    hi = jax.lax.Precision.HIGHEST
-    if metric == "cosine":
-        cos = jnp.matmul(l2_normalize(a), l2_normalize(b).T, precision=hi)
-        # Rounding can push |cos| a hair past 1; keep the distance in [0, 2].
-        dist = jnp.clip(1.0 - cos, 0.0, 2.0)
-    else:
-        sq_a = jnp.sum(a * a, axis=-1)
-        sq_b = jnp.sum(b * b, axis=-1)
-        # The expansion can round slightly below 0 for (near-)equal rows.
-        dist = jnp.maximum(
-            sq_a[:, None] + sq_b[None, :] - 2.0 * jnp.matmul(a, b.T, precision=hi), 0.0
-        )
-        if metric == "euclidean":
-            # "Double where": sqrt'(0) = inf and inf * 0 = NaN in the backward
-            # pass, so sqrt only ever sees a safe positive argument; the outer
-            # where returns the exact value 0 with a zero gradient.
-            pos = dist > 0.0
-            dist = jnp.where(pos, jnp.sqrt(jnp.where(pos, dist, 1.0)), 0.0)
-
-    if same:
-        # Rounding in the expansion leaves ~1e-7 (sqrt -> ~3e-4) on the
-        # diagonal; d(x, x) = 0 exactly and its gradient is 0.
-        dist = jnp.where(jnp.eye(dist.shape[0], dtype=bool), 0.0, dist)
-    return dist
-
 
 def _pair_masks(labels: jax.Array) -> Tuple[jax.Array, jax.Array]:
     """``pos[i, j]``: same label and ``i != j``; ``neg[i, j]``: different label."""
@@ -169,7 +174,7 @@ def _hardest(dist: jax.Array, labels: jax.Array):
     invalid): msml needs negative pairs between two singletons, which are not
     valid anchors.
     """
-    dist = _compute_dtype(dist)
+    dist = compute_dtype(dist)
     pos_mask, neg_mask = _pair_masks(labels)
     hardest_pos, has_pos = _masked_max(dist, pos_mask, axis=1)
     hardest_neg, has_neg = _masked_min(dist, neg_mask, axis=1)
@@ -206,67 +211,6 @@ def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(count, 1).astype(x.dtype)
 
 
-def msml_loss(
-    embeddings: jax.Array,
-    labels: jax.Array,
-    margin: float = 0.3,
-    normalize: bool = True,
-    soft_margin: bool = False,
-) -> jax.Array:
-    """Margin Sample Mining Loss, eq. 5 of the paper: one hinge per batch.
-
-    ``L = ( max_{i != j, y_i = y_j} d(i, j) - min_{y_i != y_k} d(i, k) + margin )_+``
-
-    with euclidean ``d``: the hardest positive pair and the hardest negative
-    pair of the whole batch (the two pairs need not share an image).
-    ``soft_margin=True`` uses ``softplus(max_pos - min_neg)`` (no margin).
-
-    Args:
-      embeddings: ``[N, D]``.
-      labels: ``[N]`` integers, any order.
-
-    Returns:
-      Scalar. 0.0 (with zero gradient) if the batch has no positive pair or no
-      negative pair.
-    """
-    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
-    hardest_pos, hardest_neg, has_pos, has_neg = _hardest(dist, labels)
-    max_pos, any_pos = _masked_max(hardest_pos, has_pos)
-    min_neg, any_neg = _masked_min(hardest_neg, has_neg)
-    gap = max_pos - min_neg
-    loss = jax.nn.softplus(gap) if soft_margin else jax.nn.relu(gap + margin)
-    return jnp.where(any_pos & any_neg, loss, 0.0)
-
-
-def trihard_loss(
-    embeddings: jax.Array,
-    labels: jax.Array,
-    margin: float = 0.3,
-    normalize: bool = True,
-    soft_margin: bool = False,
-) -> jax.Array:
-    """Batch-hard triplet loss ("TriHard"), eq. 4 of the paper.
-
-    ``L = mean_{valid a} ( max_{p != a, y_p = y_a} d(a, p) - min_{y_n != y_a} d(a, n) + margin )_+``
-
-    with euclidean ``d``; ``soft_margin=True`` uses ``softplus(hardest_pos -
-    hardest_neg)`` per anchor (no margin).
-
-    Args:
-      embeddings: ``[N, D]``.
-      labels: ``[N]`` integers, any order.
-
-    Returns:
-      Scalar. Anchors without a positive or a negative are excluded from the
-      mean; 0.0 if no anchor is valid.
-    """
-    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
-    hardest_pos, hardest_neg, valid = hardest_pairs(dist, labels)
-    gap = hardest_pos - hardest_neg
-    per_anchor = jax.nn.softplus(gap) if soft_margin else jax.nn.relu(gap + margin)
-    return _masked_mean(per_anchor, valid)
-
-
 def _gumbel_noise(key: jax.Array, num: int, n: int) -> jax.Array:
     """``num`` independent ``[n, n]`` Gumbel(0, 1) noise matrices from one key.
 
@@ -292,6 +236,13 @@ def _rows(x: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx[:, None], axis=1)[:, 0]
 
 
+@register_loss("cls", needs_pairs=False)
+def no_metric_loss(embeddings: jax.Array, labels: jax.Array) -> jax.Array:
+    """No metric loss: ``L = 0`` (float32 scalar), training on the classification loss alone."""
+    return jnp.zeros((), jnp.float32)
+
+
+@register_loss("triplet", hyperparameters=_MARGIN, random=True)
 def triplet_loss(
     embeddings: jax.Array,
     labels: jax.Array,
@@ -351,6 +302,8 @@ def batch_all_triplet_loss(
     return _masked_mean(hinge, triplets)
 
 
+@register_loss("quadruplet", hyperparameters={"alpha": "margin", "beta": "beta", "normalize": "normalize"},
+               random=True)
 def quadruplet_loss(
     embeddings: jax.Array,
     labels: jax.Array,
@@ -400,6 +353,59 @@ def quadruplet_loss(
     return _masked_mean(term1 + term2, valid)
 
 
+@register_loss("trihard", hyperparameters=_HARD_MINING, soft_margin=True)
+def trihard_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.3, normalize: bool = True,
+                 soft_margin: bool = False) -> jax.Array:
+    """Batch-hard triplet loss ("TriHard"), eq. 4 of the paper.
+
+    ``L = mean_{valid a} ( max_{p != a, y_p = y_a} d(a, p) - min_{y_n != y_a} d(a, n) + margin )_+``
+
+    with euclidean ``d``; ``soft_margin=True`` uses ``softplus(hardest_pos -
+    hardest_neg)`` per anchor (no margin).
+
+    Args:
+      embeddings: ``[N, D]``.
+      labels: ``[N]`` integers, any order.
+
+    Returns:
+      Scalar. Anchors without a positive or a negative are excluded from the
+      mean; 0.0 if no anchor is valid.
+    """
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    hardest_pos, hardest_neg, valid = hardest_pairs(dist, labels)
+    gap = hardest_pos - hardest_neg
+    per_anchor = jax.nn.softplus(gap) if soft_margin else jax.nn.relu(gap + margin)
+    return _masked_mean(per_anchor, valid)
+
+
+@register_loss("msml", hyperparameters=_HARD_MINING, soft_margin=True)
+def msml_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.3, normalize: bool = True,
+              soft_margin: bool = False) -> jax.Array:
+    """Margin Sample Mining Loss, eq. 5 of the paper: one hinge per batch.
+
+    ``L = ( max_{i != j, y_i = y_j} d(i, j) - min_{y_i != y_k} d(i, k) + margin )_+``
+
+    with euclidean ``d``: the hardest positive pair and the hardest negative
+    pair of the whole batch (the two pairs need not share an image).
+    ``soft_margin=True`` uses ``softplus(max_pos - min_neg)`` (no margin).
+
+    Args:
+      embeddings: ``[N, D]``.
+      labels: ``[N]`` integers, any order.
+
+    Returns:
+      Scalar. 0.0 (with zero gradient) if the batch has no positive pair or no
+      negative pair.
+    """
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    hardest_pos, hardest_neg, has_pos, has_neg = _hardest(dist, labels)
+    max_pos, any_pos = _masked_max(hardest_pos, has_pos)
+    min_neg, any_neg = _masked_min(hardest_neg, has_neg)
+    gap = max_pos - min_neg
+    loss = jax.nn.softplus(gap) if soft_margin else jax.nn.relu(gap + margin)
+    return jnp.where(any_pos & any_neg, loss, 0.0)
+
+
 def classification_loss(
     logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
 ) -> jax.Array:
@@ -416,7 +422,7 @@ def classification_loss(
     Returns:
       Scalar (at least float32).
     """
-    logits = _compute_dtype(logits)
+    logits = compute_dtype(logits)
     targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     targets = optax.smooth_labels(targets, label_smoothing)
     return jnp.mean(optax.softmax_cross_entropy(logits, targets))

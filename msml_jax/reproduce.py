@@ -32,8 +32,6 @@ import numpy as np
 
 from msml_jax.errors import UserError, exit_on_user_error
 
-LOSSES = ("cls", "triplet", "quadruplet", "trihard", "msml")
-REFERENCE = "msml"
 TEN_SPLIT_DATASETS = ("viper", "prid2011")
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # Fields that say where data lies, not what is trained: left out of a run's key.
@@ -175,10 +173,20 @@ def _columns(runs):
     return (SPLIT_COLUMNS if ten_split else IMAGE_COLUMNS), ("split" if ten_split else "seed")
 
 
-def markdown_tables(entries, losses=LOSSES, reference=REFERENCE):
+def registered_losses():
+    """(loss names in registry order, the paper's loss): msml_jax.losses' registry, imported when first needed."""
+    from msml_jax.losses import LOSSES, PAPER_LOSS
+
+    return tuple(LOSSES), PAPER_LOSS
+
+
+def markdown_tables(entries, losses=None, reference=None):
     """Markdown of the entries' results: per table setting (table, steps, overrides) and evaluated dataset, one
     table of mean ± std per loss (ranking metrics in percent, then the separation figures) and one of each loss's
-    paired difference to `reference` (the same seed or split)."""
+    paired difference to `reference` (the same seed or split). Defaults: the registered losses and the paper's."""
+    if losses is None or reference is None:
+        registered, paper = registered_losses()
+        losses, reference = registered if losses is None else losses, paper if reference is None else reference
     settings = {}
     for e in latest_entries(entries):
         settings.setdefault((e["table"], int(e["steps"]), e["overrides_hash"]), []).append(e)
@@ -376,7 +384,8 @@ def parse_args(argv):
     parser.add_argument("--image_size", default="", help="HEIGHT,WIDTH of the network input")
     parser.add_argument("--steps", type=int, default=0, help="training steps per run (lr_boundaries and "
                                                              "eval_every_steps move to the same fractions)")
-    parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated, of " + ", ".join(LOSSES))
+    losses, _ = registered_losses()
+    parser.add_argument("--losses", default=",".join(losses), help="comma-separated, of " + ", ".join(losses))
     parser.add_argument("--seeds", default="", help="training seeds, e.g. 0,1,2 or 0-2 (default 0,1,2)")
     parser.add_argument("--splits", default="", help="protocol splits (data.trial) of viper / prid2011, e.g. 0-9 "
                                                      "(the default for those)")
@@ -405,9 +414,10 @@ def main(argv=None):
             print(write_markdown(results_path, entries), end="")
             return
         losses = [loss.strip() for loss in args.losses.split(",") if loss.strip()]
-        unknown = sorted(set(losses) - set(LOSSES))
+        registered, _ = registered_losses()
+        unknown = sorted(set(losses) - set(registered))
         if unknown or not losses:
-            raise UserError(f"--losses {args.losses!r}: valid losses are {', '.join(LOSSES)}")
+            raise UserError(f"--losses {args.losses!r}: valid losses are {', '.join(registered)}")
         base, overrides = build_config(args)
         ten_split = base.data.name in TEN_SPLIT_DATASETS
         if args.splits and not ten_split:

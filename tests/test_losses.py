@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from msml_jax import losses as L
+from msml_jax.distances import METRICS
 
 # Float32 computation vs float64 loops, on distances of order 1.
 ATOL = 2e-5
@@ -250,7 +251,7 @@ def test_pairwise_distance_gradient_finite_at_coincident_points():
     @jax.jit
     def grads(a, b):
         out = {}
-        for metric in L.METRICS:
+        for metric in METRICS:
             out[metric] = jax.grad(
                 lambda x, y: jnp.sum(L.pairwise_distance(x, metric=metric))
                 + jnp.sum(L.pairwise_distance(x, y, metric=metric)),
@@ -260,7 +261,7 @@ def test_pairwise_distance_gradient_finite_at_coincident_points():
         return out
 
     out = grads(a, b)
-    for metric in L.METRICS:
+    for metric in METRICS:
         for g in out[metric]:
             assert np.all(np.isfinite(g)), metric
         d = out[metric + "_value"]
@@ -615,3 +616,18 @@ def test_zero_embedding_is_finite_with_normalization():
         assert np.isfinite(value) and np.all(np.isfinite(grad)), name
     for name, value in deterministic_losses(x, labels, 0.3).items():
         assert np.isfinite(value), name
+
+
+def test_comparable_normalizes_for_euclidean_only():
+    from msml_jax.distances import comparable
+
+    q, g = np.array([[3.0, 4.0]], np.float32), np.array([[0.0, 2.0]], np.float32)
+    nq, ng = comparable(q, g, "euclidean", True)
+    np.testing.assert_allclose(np.asarray(nq), [[0.6, 0.8]], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(ng), [[0.0, 1.0]], rtol=1e-6)
+    for metric, normalize in (("euclidean", False), ("sqeuclidean", True), ("cosine", True)):
+        assert comparable(q, g, metric, normalize) == (q, g)
+    nq, _ = comparable(q.astype(np.float64), g, "euclidean", True, numpy=True)
+    assert nq.dtype == np.float64
+    with pytest.raises(ValueError, match="unknown metric"):
+        comparable(q, g, "manhattan", True)

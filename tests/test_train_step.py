@@ -56,7 +56,8 @@ def test_metric_loss_gradient_reaches_the_parameters_and_matches_finite_differen
         apply_fn=_linear_apply, params={"w": jnp.asarray(w, jnp.float32), "v": jnp.asarray(v, jnp.float32)},
         batch_stats={}, tx=optax.sgd(1.0),
     )
-    train_step = jax.jit(functools.partial(steps.train_step, config=config))  # one compile, not one per op
+    settings = steps.StepSettings.from_config(config)
+    train_step = jax.jit(functools.partial(steps.train_step, settings=settings))  # one compile, not one per op
     new, metrics = train_step(state, jnp.asarray(images, jnp.float32), jnp.asarray(LABELS))
     grad_w = w - np.asarray(new.params["w"], np.float64)
 
@@ -118,3 +119,14 @@ def test_adam_moves_each_parameter_by_the_scheduled_rate(schedule, expected):
         move = np.asarray(new.params["w"] - state.params["w"])
         np.testing.assert_allclose(move, -rate * np.sign(grads["w"]), rtol=1e-4)  # float32 rounding
         state = new
+
+
+def test_step_settings_are_small_frozen_and_hashable():
+    config = make_tiny_config()
+    settings = steps.StepSettings.from_config(config)
+    assert hash(settings) == hash(steps.StepSettings.from_config(config))
+    assert settings.lr_boundaries == tuple(config.lr_boundaries) and settings.loss == config.loss
+    with pytest.raises(AttributeError):
+        settings.margin = 1.0
+    rates = [float(steps.learning_rate_schedule(settings)(t)) for t in range(6)]
+    assert rates == [float(steps.learning_rate_schedule(config)(t)) for t in range(6)]

@@ -294,18 +294,40 @@ def test_train_cli_refuses_a_workdir_that_is_a_file(tmp_path):
 
 
 def test_validation_imports_neither_jax_nor_tensorflow():
+    # Importing the schema stays light; validating reads the loss registry (JAX) but never TensorFlow.
     code = ("import sys; from msml_jax import config as validate; "
-            "assert not {'jax', 'tensorflow'} & set(sys.modules), sorted(sys.modules)")
+            "assert not {'jax', 'tensorflow'} & set(sys.modules), sorted(sys.modules); "
+            "from tests.conftest import load_config; validate.validate_config(load_config()); "
+            "assert 'tensorflow' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
 
 
-def test_tables_match_the_code():
-    """validate.py's copy of the losses is the code's own (the backbones, embeddings and datasets are read from
-    their registries)."""
-    from msml_jax import config as validate
-    from msml_jax.training import steps
+def test_loss_choices_come_from_the_registry():
+    """The loss choices, the soft-margin check and the P, K >= 2 check read msml_jax.losses.LOSSES."""
+    from msml_jax.losses import LOSSES, PAPER_LOSS
 
-    assert validate.METRIC_LOSSES == steps.METRIC_LOSSES
+    assert FIELDS["loss"].default == PAPER_LOSS in LOSSES
+    base = make_tiny_config()
+    for name, spec in LOSSES.items():
+        config = copy.deepcopy(base)
+        config.loss, config.soft_margin = name, spec.soft_margin
+        validate_config(config)  # every registered loss is accepted, with its soft-margin form where it has one
+        config.soft_margin = not spec.soft_margin
+        if not spec.soft_margin:
+            with pytest.raises(UserError, match=f"config.loss={name!r} has no soft-margin form"):
+                validate_config(config)
+        config.soft_margin = False
+        config.P, config.K, config.batch_size = 8, 1, 8
+        if spec.needs_pairs:
+            with pytest.raises(UserError, match="needs positive and negative pairs"):
+                validate_config(config)
+        else:
+            validate_config(config)
+    config = copy.deepcopy(base)
+    config.loss = "not_registered"
+    with pytest.raises(UserError, match=r"unknown loss 'not_registered' in config.loss: valid names are "
+                       + ", ".join(LOSSES)):
+        validate_config(config)
 
 
 def _ml_collections_accepts(argv):

@@ -16,7 +16,7 @@ from msml_jax.evaluation.ranking import evaluate_ranking
 from msml_jax.evaluation.rerank import k_reciprocal_rerank_blocks
 from msml_jax.evaluation.retrieval import distance_matrix
 from msml_jax.evaluation.search import evaluate_ranking_blocked, evaluate_ranking_blocks
-from msml_jax.losses import l2_normalize
+from msml_jax.distances import comparable
 
 RANKS = (1, 5, 10, 20)
 SINGLE_GALLERY_SHOT_REPEATS = 10
@@ -31,11 +31,9 @@ def _summary(result):
 
 
 def _compared(query, gallery, metric, normalize):
-    """The embeddings whose `metric` distances rank the gallery (as `distance_matrix`)."""
-    q, g = np.asarray(query["embeddings"], np.float32), np.asarray(gallery["embeddings"], np.float32)
-    if metric == "euclidean" and normalize:
-        q, g = l2_normalize(q), l2_normalize(g)
-    return q, g
+    """The embeddings whose `metric` distances rank the gallery (`distances.comparable`, as `distance_matrix`)."""
+    return comparable(np.asarray(query["embeddings"], np.float32), np.asarray(gallery["embeddings"], np.float32),
+                      metric, normalize)
 
 
 def _reranked(query, gallery, metric, normalize, rerank):

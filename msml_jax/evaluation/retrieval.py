@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msml_jax import sharding
-from msml_jax.losses import l2_normalize, pairwise_distance
+from msml_jax.distances import comparable, pairwise_distance
 
 METRICS = ("euclidean", "cosine")
 POOLINGS = ("avg", "max")
@@ -91,11 +91,9 @@ def distance_matrix(query, gallery, metric="euclidean", normalize=True):
     """Distances float32 [Q, G] between query [Q, D] and gallery [G, D] embeddings.
 
     euclidean: on l2-normalized embeddings when `normalize` (the paper's), raw ones otherwise; cosine:
-    1 - cosine similarity (normalization implied). Smaller is more similar.
+    1 - cosine similarity (normalization implied); see `distances.comparable`. Smaller is more similar.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: valid metrics are {', '.join(METRICS)}")
-    q, g = jnp.asarray(query, jnp.float32), jnp.asarray(gallery, jnp.float32)
-    if metric == "euclidean" and normalize:
-        q, g = l2_normalize(q), l2_normalize(g)
+    q, g = comparable(jnp.asarray(query, jnp.float32), jnp.asarray(gallery, jnp.float32), metric, normalize)
     return np.asarray(pairwise_distance(q, g, metric=metric))

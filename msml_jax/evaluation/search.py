@@ -15,10 +15,10 @@ padded) and consumed before the next one is made.  Memory grows with
   e.g. re-ranked ones from ``msml_jax.evaluation.rerank``.
 * ``evaluate_ranking_blocked``: both of the above, from embeddings.
 
-Distances are those of ``msml_jax.losses.pairwise_distance`` (``"euclidean"``,
-``"sqeuclidean"`` or ``"cosine"``), computed the same way (float32, highest
-matmul precision); normalize embeddings first (``losses.l2_normalize``) where
-the dense evaluation does.  The gallery is put on the device once: pass a JAX
+Distances are those of ``msml_jax.distances.pairwise_distance`` (its
+``METRICS``), from the same pieces (float32, highest matmul precision); pass
+the embeddings through ``distances.comparable`` first, as the dense evaluation
+does.  The gallery is put on the device once: pass a JAX
 array to avoid that copy (on the CPU backend a NumPy gallery costs one copy in host memory).
 """
 
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msml_jax.evaluation.ranking import AP_MODES, evaluate_ranking
-from msml_jax.losses import METRICS, l2_normalize
+from msml_jax.distances import METRICS, check_metric, inverse_norm, l2_normalize, sq_euclidean_expansion
 
 __all__ = ["METRICS", "distance_blocks", "top_k", "evaluate_ranking_blocks",
            "evaluate_ranking_blocked", "block_rows_for"]
@@ -45,9 +45,6 @@ _DEFAULT_BLOCK_BYTES = 128 << 20
 # Distances handed to one evaluate_ranking call (it needs several times that).
 _EVAL_BLOCK_BYTES = 32 << 20
 
-# Norm floor shared with losses.l2_normalize (a zero row stays zero).
-_NORM_EPS = 1e-12
-
 
 def block_rows_for(num_rows: int, row_elements: int, max_block_bytes: int = _DEFAULT_BLOCK_BYTES,
                    itemsize: int = 4) -> int:
@@ -59,11 +56,6 @@ def block_rows_for(num_rows: int, row_elements: int, max_block_bytes: int = _DEF
     cap = max(1, int(max_block_bytes) // max(1, row_elements * itemsize))
     num_blocks = -(-max(num_rows, 1) // cap)
     return max(1, min(num_rows, -(-num_rows // num_blocks)))
-
-
-def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
 
 
 def _as_embeddings(name: str, x) -> jax.Array:
@@ -96,27 +88,23 @@ _all_finite = jax.jit(lambda x: jnp.isfinite(jnp.max(jnp.abs(x))))
 @functools.partial(jax.jit, static_argnames=("metric",))
 def gallery_aux(gallery: jax.Array, metric: str) -> jax.Array:
     """Per gallery row: squared norm (euclidean metrics) or inverse norm (cosine), ``[G]``."""
-    sq = jnp.sum(gallery * gallery, axis=-1)
     if metric == "cosine":
-        return jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS))
-    return sq
+        return inverse_norm(gallery)
+    return jnp.sum(gallery * gallery, axis=-1)
 
 
 def block_distance(query: jax.Array, gallery: jax.Array, aux: jax.Array, metric: str) -> jax.Array:
-    """``[b, G]`` distances of ``losses.pairwise_distance`` (traceable, no gradient care).
+    """``[b, G]`` distances of ``distances.pairwise_distance`` (traceable, no gradient care).
 
     ``aux = gallery_aux(gallery, metric)``, computed once for the whole gallery
     (so the gallery is never normalized or copied per block).  Exact zeros are
     ``+0.0``, so negated distances tie as the distances do.
     """
-    hi = jax.lax.Precision.HIGHEST
     if metric == "cosine":
-        cos = jnp.matmul(l2_normalize(query), gallery.T, precision=hi) * aux[None, :]
+        cos = jnp.matmul(l2_normalize(query), gallery.T, precision=jax.lax.Precision.HIGHEST) * aux[None, :]
         dist = jnp.clip(1.0 - cos, 0.0, 2.0)
     else:
-        sq_q = jnp.sum(query * query, axis=-1)
-        dist = jnp.maximum(sq_q[:, None] + aux[None, :] - 2.0 * jnp.matmul(query, gallery.T, precision=hi),
-                           0.0)
+        dist = sq_euclidean_expansion(query, gallery, aux)
         if metric == "euclidean":
             dist = jnp.sqrt(dist)
     return jnp.where(dist > 0, dist, 0.0)
@@ -146,7 +134,7 @@ def _padded_blocks(query: jax.Array, block_rows: int):
 
 def _prepare(query_emb, gallery_emb, metric):
     """(query, gallery) as float32 device arrays."""
-    _check_metric(metric)
+    check_metric(metric)
     query = _as_embeddings("query_emb", query_emb)
     gallery = _as_embeddings("gallery_emb", gallery_emb)
     if query.shape[1] != gallery.shape[1] or gallery.shape[0] == 0:
@@ -171,7 +159,7 @@ def distance_blocks(query_emb, gallery_emb, metric: str = "euclidean", *, block_
         query_emb: ``[Q, D]`` embeddings (NumPy or JAX).
         gallery_emb: ``[G, D]`` embeddings.
         metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"`` (as
-            ``losses.pairwise_distance``).
+            ``distances.pairwise_distance``).
         block_rows: queries per block; default: as many as fit ``max_block_bytes``.
 
     Yields:

@@ -16,28 +16,18 @@ budget, negatives fill the rest. Positives are enumerated sparsely (by sorting t
 rejection from uniform (query, gallery) draws. Sampled figures are estimates: AUC's standard error is at most
 about 0.5 / sqrt(min(num_pos, num_neg)).
 
-Only numpy is used.
+Distances in numpy, float64: `distances.paired_distance` on the embeddings `distances.comparable` gives.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from msml_jax.distances import METRICS, comparable, paired_distance
+
 __all__ = ["METRICS", "pair_distances", "separation_from_distances", "separation_figures"]
-
-def _sqeuclidean(a, b):
-    d = a - b
-    return np.einsum("ij,ij->i", d, d)
-
-
-# Paired distances d(a_i, b_i) of rows a, b [n, D] float64 -> [n]; same names as losses.pairwise_distance.
-METRICS = {
-    "euclidean": lambda a, b: np.sqrt(_sqeuclidean(a, b)),
-    "sqeuclidean": _sqeuclidean,
-    "cosine": lambda a, b: np.clip(
-        1.0 - np.sum(a * b, axis=1)
-        / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12), 0.0, 2.0),
-}
 
 DEFAULT_MAX_PAIRS = 1_000_000
 # Elements (pairs x embedding dims) gathered at once when computing pair distances: ~32 MB of float64 per side.
@@ -65,7 +55,7 @@ def _metric_fn(metric):
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; use one of {sorted(METRICS)} or a callable "
                          f"f(a [n, D], b [n, D]) -> [n]")
-    return METRICS[metric]
+    return functools.partial(paired_distance, metric=metric)
 
 
 def _positive_pairs(q_pids, g_pids, q_camids, g_camids, queries):
@@ -131,8 +121,9 @@ def pair_distances(query_emb, gallery_emb, q_pids, g_pids, q_camids, g_camids, *
         query_emb, gallery_emb: embeddings [Q, D] and [G, D] (any float dtype; computed in float64).
         q_pids, g_pids, q_camids, g_camids: integer ids, one per row.
         metric: "euclidean", "sqeuclidean", "cosine", or a callable f(a [n, D], b [n, D]) -> distances [n]
-            of paired rows.
-        normalize: l2-normalise the embeddings first (what evaluation does when `config.normalize`).
+            of paired rows (it gets the embeddings as given).
+        normalize: compare l2-normalised embeddings under "euclidean", as the ranking does
+            (`distances.comparable`).
         max_pairs: pair budget; above it pairs are sampled with `seed` (see the module docstring).
 
     Returns:
@@ -145,9 +136,8 @@ def pair_distances(query_emb, gallery_emb, q_pids, g_pids, q_camids, g_camids, *
     if int(max_pairs) < 2:
         raise ValueError(f"max_pairs must be at least 2, got {max_pairs}")
     fn = _metric_fn(metric)
-    if normalize:
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    if not callable(metric):
+        q, g = comparable(q, g, metric, normalize, numpy=True)
     queries = np.flatnonzero(q_pids >= 0)
     pq, pg, n_same = _positive_pairs(q_pids, g_pids, q_camids, g_camids, queries)
     n_pos = len(pq)

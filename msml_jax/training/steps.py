@@ -1,6 +1,11 @@
-"""Train state and the pure train / embed steps. No TensorFlow, no I/O: jit them as you like."""
+"""Train state and the pure train / embed steps. No TensorFlow, no I/O: jit them as you like.
 
-from typing import Any
+A step reads a `StepSettings` (small, frozen, hashable: bind it with functools.partial or pass it as a static
+argument), not the run's whole settings.
+"""
+
+import dataclasses
+from typing import Any, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -8,9 +13,39 @@ import optax
 from flax.training import train_state
 
 from msml_jax import losses
+from msml_jax.distances import l2_normalize, pairwise_distance
 from msml_jax.models import init_variables  # noqa: F401  (re-exported: the trainer's tests and benchmarks use it)
 
-METRIC_LOSSES = ("cls", "triplet", "quadruplet", "trihard", "msml")
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """What a train step reads from the config: the loss and its hyperparameters (`losses.LOSSES` names the
+    fields each loss uses), the classification term, the seed of the random losses and the learning-rate
+    schedule (`learning_rate_schedule`)."""
+
+    loss: str
+    margin: float
+    beta: float
+    normalize: bool
+    soft_margin: bool
+    cls_weight: float
+    label_smoothing: float
+    seed: int
+    learning_rate: float
+    lr_decay: float
+    lr_boundaries: Tuple[int, ...]
+    warmup_steps: int = 0
+
+    @classmethod
+    def from_config(cls, config):
+        """The settings of a run's ConfigDict (absent optional fields take their defaults)."""
+        return cls(
+            loss=config.loss, margin=config.margin, beta=config.beta, normalize=config.normalize,
+            soft_margin=config.soft_margin, cls_weight=config.cls_weight, label_smoothing=config.label_smoothing,
+            seed=config.seed, learning_rate=config.learning_rate, lr_decay=config.lr_decay,
+            lr_boundaries=tuple(int(b) for b in config.lr_boundaries),
+            warmup_steps=int(config.get("warmup_steps", 0)),
+        )
 
 
 class TrainState(train_state.TrainState):
@@ -19,22 +54,26 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
-def learning_rate_schedule(config):
+def learning_rate_schedule(settings):
     """Adam's step schedule: `learning_rate`, multiplied by `lr_decay` at each of `lr_boundaries` (steps).
 
     With `warmup_steps` = W > 0 the rate of step t (0-based) is further scaled by min(1, (t + 1) / W).
+    `settings`: a `StepSettings`, or a run's ConfigDict (read through `StepSettings.from_config`).
     """
+    if not isinstance(settings, StepSettings):
+        settings = StepSettings.from_config(settings)
     steps = optax.piecewise_constant_schedule(
-        config.learning_rate, {int(b): float(config.lr_decay) for b in config.lr_boundaries}
+        settings.learning_rate, {b: float(settings.lr_decay) for b in settings.lr_boundaries}
     )
-    warmup = int(config.get("warmup_steps", 0))
+    warmup = settings.warmup_steps
     if warmup <= 0:
         return steps
     return lambda t: steps(t) * jnp.minimum(1.0, (t + 1) / warmup)
 
 
 def create_train_state(model, config, variables):
-    """Train state with Adam on the step schedule, from initial `variables`."""
+    """Train state with Adam on the step schedule, from initial `variables`; `config`: a ConfigDict or
+    `StepSettings`."""
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
@@ -43,29 +82,14 @@ def create_train_state(model, config, variables):
     )
 
 
-def metric_loss(name, embeddings, labels, key, *, margin, beta, normalize, soft_margin):
-    """The configured metric loss on one batch; 0 for "cls" (classification only)."""
-    if name == "cls":
-        return jnp.zeros((), jnp.float32)
-    if name == "msml":
-        return losses.msml_loss(embeddings, labels, margin=margin, normalize=normalize, soft_margin=soft_margin)
-    if name == "trihard":
-        return losses.trihard_loss(embeddings, labels, margin=margin, normalize=normalize, soft_margin=soft_margin)
-    if name == "triplet":
-        return losses.triplet_loss(embeddings, labels, key, margin=margin, normalize=normalize)
-    if name == "quadruplet":
-        return losses.quadruplet_loss(embeddings, labels, key, alpha=margin, beta=beta, normalize=normalize)
-    raise ValueError(f"unknown loss {name!r}: valid names are {', '.join(METRIC_LOSSES)}")
-
-
-def train_step(state, images, labels, *, config):
+def train_step(state, images, labels, *, settings):
     """One Adam step on classification + metric loss.
 
     Args:
       state: TrainState.
       images: uint8 [B, h, w, 3], a P x K batch in any order.
       labels: int32 [B] training-identity indices.
-      config: the run's ConfigDict (static: bind it with functools.partial before jit).
+      settings: `StepSettings` (static: bind it with functools.partial before jit).
     Returns:
       (new state, dict of scalar metrics: loss, cls_loss, metric_loss, accuracy,
       hardest_pos / hardest_neg (mean mined distances), learning_rate, grad_norm).
@@ -74,7 +98,7 @@ def train_step(state, images, labels, *, config):
     computed over the global batch.
     """
     # The random losses draw fresh pairs each step, reproducibly from (seed, step).
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
+    key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), state.step)
 
     def loss_fn(params):
         outputs, updates = state.apply_fn(
@@ -86,26 +110,17 @@ def train_step(state, images, labels, *, config):
         )
         # Losses in float32 whatever the compute dtype: bf16 distances would round the margins away.
         outputs = {k: v.astype(jnp.float32) for k, v in outputs.items()}
-        cls = losses.classification_loss(outputs["logits"], labels, label_smoothing=config.label_smoothing)
-        metric = metric_loss(
-            config.loss,
-            outputs["embeddings"],
-            labels,
-            key,
-            margin=config.margin,
-            beta=config.beta,
-            normalize=config.normalize,
-            soft_margin=config.soft_margin,
-        )
-        return config.cls_weight * cls + metric, (outputs, updates, cls, metric)
+        cls = losses.classification_loss(outputs["logits"], labels, label_smoothing=settings.label_smoothing)
+        metric = losses.metric_loss(settings, outputs["embeddings"], labels, key)
+        return settings.cls_weight * cls + metric, (outputs, updates, cls, metric)
 
     (loss, (outputs, updates, cls, metric)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
 
     embeddings = jax.lax.stop_gradient(outputs["embeddings"])
-    if config.normalize:
-        embeddings = losses.l2_normalize(embeddings)
-    hardest_pos, hardest_neg, valid = losses.hardest_pairs(losses.pairwise_distance(embeddings), labels)
+    if settings.normalize:
+        embeddings = l2_normalize(embeddings)
+    hardest_pos, hardest_neg, valid = losses.hardest_pairs(pairwise_distance(embeddings), labels)
     num_valid = jnp.maximum(valid.sum(), 1)
     metrics = {
         "loss": loss,
@@ -114,7 +129,7 @@ def train_step(state, images, labels, *, config):
         "accuracy": jnp.mean(jnp.argmax(outputs["logits"], -1) == labels),
         "hardest_pos": jnp.sum(jnp.where(valid, hardest_pos, 0.0)) / num_valid,
         "hardest_neg": jnp.sum(jnp.where(valid, hardest_neg, 0.0)) / num_valid,
-        "learning_rate": learning_rate_schedule(config)(state.step - 1),
+        "learning_rate": learning_rate_schedule(settings)(state.step - 1),
         "grad_norm": optax.tree.norm(grads),
     }
     return state, metrics

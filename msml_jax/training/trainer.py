@@ -41,23 +41,25 @@ def setup(config, validated=False):
 
 
 def jit_train_step(config, mesh, watch=False):
-    """`steps.train_step` jitted over `mesh`: state replicated, images / labels sharded on "data".
+    """`steps.train_step` with the `StepSettings` of `config`, jitted over `mesh`: state replicated, images /
+    labels sharded on "data".
 
     Returns fn(state, images, labels) -> (state, metrics) with replicated outputs; the state is donated. With
     `watch`, fn(state, images, labels, guard) -> (state, metrics, guard) also updates the NaN/Inf watch
     (`steps.watch_finite`) in the same program, so the loop dispatches one computation per step and never syncs.
     """
+    settings = steps.StepSettings.from_config(config)
     repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     if not watch:
         return jax.jit(
-            functools.partial(steps.train_step, config=config),
+            functools.partial(steps.train_step, settings=settings),
             in_shardings=(repl, data, data),
             out_shardings=(repl, repl),
             donate_argnums=0,
         )
 
     def watched(state, images, labels, guard):
-        state, metrics = steps.train_step(state, images, labels, config=config)
+        state, metrics = steps.train_step(state, images, labels, settings=settings)
         return state, metrics, steps.watch_finite(guard, metrics, state.step)
 
     return jax.jit(watched, in_shardings=(repl, data, data, repl), out_shardings=(repl, repl, repl),
