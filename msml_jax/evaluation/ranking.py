@@ -210,7 +210,8 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
     Returns:
         dict with ``cmc`` (float64 array ``[max_rank]``: fraction of valid
         queries whose first correct match is within rank k+1), ``mAP``,
-        ``mINP`` (floats) and ``num_valid_queries`` (int).
+        ``mINP`` (floats), ``num_valid_queries`` (int) and ``ap`` (float64
+        ``[Q]``: each query's AP, NaN for a query without a valid match).
 
     Raises:
         ValueError: on shape mismatches, NaN distances, an unknown ``ap_mode``,
@@ -324,6 +325,8 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
         p_before = np.where(rank > 1, (k - 1) / np.maximum(rank - 1, 1), 1.0)
         ap_terms = 0.5 * (p_before + k / rank)
     ap = np.bincount(gq, weights=ap_terms, minlength=num_q)[valid] / m_q
+    per_query_ap = np.full(num_q, np.nan)
+    per_query_ap[valid] = ap
 
     is_last = np.append(gq[1:] != gq[:-1], True)
     inp = hit_k[is_last] / rank[is_last]  # one per valid query, in query order
@@ -336,4 +339,5 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
         "mAP": float(ap.mean()),
         "mINP": float(inp.mean()),
         "num_valid_queries": num_valid,
+        "ap": per_query_ap,
     }

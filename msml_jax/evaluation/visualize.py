@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from msml_jax.evaluation.ranking import evaluate_ranking
 from msml_jax.evaluation.separation import pair_distances, separation_from_distances
 from msml_jax.records import read as read_records
 
@@ -54,16 +55,10 @@ def _rank_rows(distmat, rows, q_pids, g_pids, q_camids, g_camids):
 
 
 def per_query_ap(distmat, q_pids, g_pids, q_camids, g_camids):
-    """Average precision float64 [Q] of each query of a [Q, G] distance matrix (the ranking protocol:
-    junk removed, AP = mean over the query's matches of precision at the match); NaN for a query
-    without any match. Rows are ranked in blocks, so memory stays O(block x G)."""
-    q_pids, g_pids, q_camids, g_camids = (np.asarray(a) for a in (q_pids, g_pids, q_camids, g_camids))
-    ap = np.full(len(q_pids), np.nan)
-    for r, order in _rank_rows(distmat, np.arange(len(q_pids)), q_pids, g_pids, q_camids, g_camids):
-        hits = np.flatnonzero(g_pids[order] == q_pids[r])
-        if hits.size:
-            ap[r] = np.mean(np.arange(1, hits.size + 1) / (hits + 1))
-    return ap
+    """Average precision float64 [Q] of each query of a [Q, G] distance matrix (the ranking protocol's, as
+    `evaluate_ranking` computes it: junk removed, AP = mean over the query's matches of precision at the match);
+    NaN for a query without any match. ValueError when no query has a match."""
+    return evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=1)["ap"]
 
 
 def worst_queries(ap, num):
