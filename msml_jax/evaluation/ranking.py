@@ -193,7 +193,8 @@ def _equal_before(dist: np.ndarray, rows: np.ndarray, cols: np.ndarray,
 
 
 def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
-                     ap_mode: str = "mean_precision", *, num_threads: int | None = None):
+                     ap_mode: str = "mean_precision", *, num_threads: int | None = None,
+                     per_query: bool = False):
     """Market-1501-protocol ranking metrics (torchreid / fast-reid semantics).
 
     Args:
@@ -206,12 +207,14 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
             the official Market-1501 MATLAB ``compute_AP.m``).
         num_threads: worker threads for the row blocks (default: CPUs available
             to this process).
+        per_query: also return ``ap``.
 
     Returns:
         dict with ``cmc`` (float64 array ``[max_rank]``: fraction of valid
         queries whose first correct match is within rank k+1), ``mAP``,
-        ``mINP`` (floats), ``num_valid_queries`` (int) and ``ap`` (float64
-        ``[Q]``: each query's AP, NaN for a query without a valid match).
+        ``mINP`` (floats), ``num_valid_queries`` (int) and, with ``per_query``,
+        ``ap`` (float64 ``[Q]``: each query's AP, NaN for a query without a
+        valid match).
 
     Raises:
         ValueError: on shape mismatches, NaN distances, an unknown ``ap_mode``,
@@ -325,8 +328,6 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
         p_before = np.where(rank > 1, (k - 1) / np.maximum(rank - 1, 1), 1.0)
         ap_terms = 0.5 * (p_before + k / rank)
     ap = np.bincount(gq, weights=ap_terms, minlength=num_q)[valid] / m_q
-    per_query_ap = np.full(num_q, np.nan)
-    per_query_ap[valid] = ap
 
     is_last = np.append(gq[1:] != gq[:-1], True)
     inp = hit_k[is_last] / rank[is_last]  # one per valid query, in query order
@@ -334,10 +335,13 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
     hist = np.bincount(np.minimum(first_rank, max_rank + 1) - 1, minlength=max_rank + 1)
     cmc = np.cumsum(hist[:max_rank]) / num_valid
 
-    return {
+    result = {
         "cmc": cmc.astype(np.float64),
         "mAP": float(ap.mean()),
         "mINP": float(inp.mean()),
         "num_valid_queries": num_valid,
-        "ap": per_query_ap,
     }
+    if per_query:
+        result["ap"] = np.full(num_q, np.nan)
+        result["ap"][valid] = ap
+    return result

@@ -58,7 +58,7 @@ def per_query_ap(distmat, q_pids, g_pids, q_camids, g_camids):
     """Average precision float64 [Q] of each query of a [Q, G] distance matrix (the ranking protocol's, as
     `evaluate_ranking` computes it: junk removed, AP = mean over the query's matches of precision at the match);
     NaN for a query without any match. ValueError when no query has a match."""
-    return evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=1)["ap"]
+    return evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=1, per_query=True)["ap"]
 
 
 def worst_queries(ap, num):
