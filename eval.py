@@ -47,7 +47,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     with exit_on_user_error():
         from msml_jax.evaluation.report import format_table, ten_split_summaries
-        from msml_jax.inference import evaluate_run
+        from msml_jax.evaluation.workdir import evaluate_run
 
         FLAGS = flags.FLAGS
         workdirs = _workdirs(FLAGS.workdir)

@@ -28,9 +28,8 @@ import shutil
 import sys
 import time
 
-import numpy as np
-
 from msml_jax.errors import UserError, exit_on_user_error
+from msml_jax.evaluation.report import dataset_label, mean_std
 
 TEN_SPLIT_DATASETS = ("viper", "prid2011")
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -128,11 +127,6 @@ def scale_schedule(config, steps):
 # ------------------------------------------------------------------------------------------- the table (pure)
 
 
-def _label(record):
-    protocol = record.get("protocol")
-    return record["dataset"] + (f" ({protocol})" if protocol not in (None, "image", "tracklet", "ten_split") else "")
-
-
 def latest_entries(entries):
     """The last entry of each run key (a later line, e.g. after --fresh, supersedes an earlier one)."""
     return list({run_key(e): e for e in entries}.values())
@@ -143,14 +137,8 @@ def collect(entries):
     out = {}
     for e in latest_entries(entries):
         for r in e["records"]:
-            out.setdefault(_label(r), {}).setdefault(e["loss"], {})[int(e["index"])] = r
+            out.setdefault(dataset_label(r), {}).setdefault(e["loss"], {})[int(e["index"])] = r
     return out
-
-
-def mean_std(values):
-    """(mean, population std) of a list of numbers."""
-    a = np.asarray(values, np.float64)
-    return float(a.mean()), float(a.std())
 
 
 def paired_differences(by_index, reference_by_index, field):

@@ -66,13 +66,14 @@ def test_exported_matches_live_model(tmp_path, tiny_model):
 
 
 def test_modules_import_without_tensorflow():
-    # The evaluation layer never imports training; nothing below the data pipeline imports TensorFlow, so the
-    # trainer, the Embedder and the export run on an accelerator host that has JAX alone.
+    # The evaluation layer, the Embedder and the checkpoints never import training; nothing below the data
+    # pipeline imports TensorFlow, so the trainer, the Embedder and the export run on a host that has JAX alone.
     code = ("import sys; import msml_jax.export, msml_jax.evaluation.evaluator, msml_jax.evaluation.separation, "
-            "msml_jax.evaluation.visualize, msml_jax.evaluation.rerank, msml_jax.evaluation.search; "
+            "msml_jax.evaluation.visualize, msml_jax.evaluation.rerank, msml_jax.evaluation.search, "
+            "msml_jax.evaluation.workdir, msml_jax.inference, msml_jax.checkpoint, msml_jax.records; "
             "bad = [m for m in ('tensorflow', 'msml_jax.training') if m in sys.modules]; "
             "assert not bad, bad; "
-            "import msml_jax.data, msml_jax.data.sampling, msml_jax.inference, msml_jax.training.loop; "
+            "import msml_jax.data, msml_jax.data.sampling, msml_jax.training.loop; "
             "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from msml_jax.training import checkpoint
+from msml_jax import checkpoint
 from tests.conftest import ROOT
 from tests.test_resume import TINY_FLAGS, _last_step
 

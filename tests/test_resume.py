@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from msml_jax.training import checkpoint
+from msml_jax import checkpoint
 from tests.conftest import ROOT, TINY_SYNTHETIC
 
 NUM_STEPS = 60

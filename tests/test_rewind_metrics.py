@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from msml_jax.training.writer import rewind_metrics as _rewind_metrics
+from msml_jax.records import rewind as _rewind_metrics
 
 
 def T(step):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from msml_jax.errors import UserError
-from msml_jax.training import checkpoint
-from msml_jax.inference import evaluate_run
+from msml_jax import checkpoint
+from msml_jax.evaluation.workdir import evaluate_run
 from msml_jax.training.loop import train_and_evaluate
 from msml_jax.config import validate_config
 from tests.conftest import ROOT, load_config, make_tiny_config

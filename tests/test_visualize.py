@@ -10,6 +10,7 @@ from matplotlib.image import imread
 from msml_jax.evaluation import evaluate_ranking
 from msml_jax.evaluation import visualize
 from msml_jax.evaluation.separation import separation_from_distances
+from msml_jax.records import read as read_records
 
 
 def _case(seed=0, num_q=12, num_g=40):
@@ -132,8 +133,8 @@ def test_training_curves_reports_half_written_line(tmp_path):
                                          "rank1": scale * step / 150,
                                          "rank5": 0.5, "rank10": 0.6, "mINP": 0.1}))
     metrics.write_text("\n".join(lines) + '\n{"step": 110, "loss": 1.2, "cls_')
-    train, evals, bad = visualize.read_metrics(str(metrics))
-    assert len(train) == 10 and len(evals) == 6
+    records, bad = read_records(str(metrics))
+    assert len(records) == 16 and sum("dataset" in r for r in records) == 6
     assert bad == [(len(lines) + 1, '{"step": 110, "loss": 1.2, "cls_')]
     path = str(tmp_path / "curves.png")
     summary = visualize.training_curves(path, str(metrics))

@@ -193,7 +193,8 @@ def _equal_before(dist: np.ndarray, rows: np.ndarray, cols: np.ndarray,
 
 
 def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
-                     ap_mode: str = "mean_precision", *, num_threads: int | None = None):
+                     ap_mode: str = "mean_precision", *, num_threads: int | None = None,
+                     per_query: bool = False):
     """Market-1501-protocol ranking metrics (torchreid / fast-reid semantics).
 
     Args:
@@ -206,11 +207,14 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
             the official Market-1501 MATLAB ``compute_AP.m``).
         num_threads: worker threads for the row blocks (default: CPUs available
             to this process).
+        per_query: also return ``ap``.
 
     Returns:
         dict with ``cmc`` (float64 array ``[max_rank]``: fraction of valid
         queries whose first correct match is within rank k+1), ``mAP``,
-        ``mINP`` (floats) and ``num_valid_queries`` (int).
+        ``mINP`` (floats), ``num_valid_queries`` (int) and, with ``per_query``,
+        ``ap`` (float64 ``[Q]``: each query's AP, NaN for a query without a
+        valid match).
 
     Raises:
         ValueError: on shape mismatches, NaN distances, an unknown ``ap_mode``,
@@ -331,9 +335,13 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
     hist = np.bincount(np.minimum(first_rank, max_rank + 1) - 1, minlength=max_rank + 1)
     cmc = np.cumsum(hist[:max_rank]) / num_valid
 
-    return {
+    result = {
         "cmc": cmc.astype(np.float64),
         "mAP": float(ap.mean()),
         "mINP": float(inp.mean()),
         "num_valid_queries": num_valid,
     }
+    if per_query:
+        result["ap"] = np.full(num_q, np.nan)
+        result["ap"][valid] = ap
+    return result

@@ -6,10 +6,22 @@ COLUMNS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", 
            ("mINP", "mINP"))
 
 
-def _label(record):
+def dataset_label(record):
+    """The record's dataset, with its protocol when not the dataset's only one: "cuhk03 (classic)"."""
     label = record["dataset"]
     if record.get("protocol") not in (None, "image", "tracklet", "ten_split"):
         label += f" ({record['protocol']})"
+    return label
+
+
+def mean_std(values):
+    """(mean, population std) of a list of numbers, in float64."""
+    a = np.asarray(values, np.float64)
+    return float(a.mean()), float(a.std())
+
+
+def _label(record):
+    label = dataset_label(record)
     if record.get("trial") is not None:
         label += f" #{record['trial']}"
     if record.get("rerank"):
@@ -49,7 +61,6 @@ def ten_split_summaries(records):
             continue
         summary = {"dataset": dataset, "protocol": protocol, "num_trials": len(by_trial), "trials": sorted(by_trial)}
         for key, _ in COLUMNS:
-            values = np.array([r[key] for r in by_trial.values()], np.float64)
-            summary[key], summary[key + "_std"] = float(values.mean()), float(values.std())
+            summary[key], summary[key + "_std"] = mean_std([r[key] for r in by_trial.values()])
         summaries.append(summary)
     return summaries

@@ -34,17 +34,36 @@ def embed_step(apply_fn, variables, images, flip=False):
     return embeddings
 
 
-def jit_embed_fn(apply_fn, mesh, flip=False):
+def jit_embed_fn(apply_fn, mesh=None, flip=False):
     """`embed_step` jitted over `mesh`: variables replicated, images sharded on "data", embeddings replicated.
 
     Returns fn(variables, images) -> float32 [B, D], the whole batch's embeddings on every device and process.
+    `mesh` None: jitted for the default device (the Embedder).
     """
+    embed = functools.partial(embed_step, apply_fn, flip=flip)
+    if mesh is None:
+        return jax.jit(embed)
     repl = sharding.replicated(mesh)
-    return jax.jit(
-        functools.partial(embed_step, apply_fn, flip=flip),
-        in_shardings=(repl, sharding.batch_sharding(mesh)),
-        out_shardings=repl,
-    )
+    return jax.jit(embed, in_shardings=(repl, sharding.batch_sharding(mesh)), out_shardings=repl)
+
+
+def embed_batches(embed_fn, variables, batches, num_images, *, batch_size, mesh=None):
+    """Yields the embeddings float32 [b, D] of each batch of `batches` (uint8 images [b', h, w, 3]), in order.
+
+    Every call of `embed_fn` (see `jit_embed_fn`) sees one shape, [batch_size, h, w, 3], so it compiles once: a
+    short batch is padded by repeating its first image. Rows past `num_images` (the padding) are dropped. With a
+    `mesh`, each batch holds this process's rows of a global batch of `batch_size`, and every process gets the
+    whole batch's embeddings back.
+    """
+    done = 0
+    for images in batches:
+        if mesh is not None:
+            images = sharding.global_batch({"images": images}, batch_size, mesh)["images"]
+        elif len(images) < batch_size:
+            images = np.concatenate([images, np.repeat(images[:1], batch_size - len(images), 0)])
+        embeddings = np.asarray(embed_fn(variables, images))[: num_images - done]
+        done += len(embeddings)
+        yield embeddings
 
 
 def embed_split(embed_fn, variables, split, *, batch_size, image_size, mesh=None, groups=None, pooling="avg"):
@@ -66,12 +85,10 @@ def embed_split(embed_fn, variables, split, *, batch_size, image_size, mesh=None
         ids, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
         counts = np.bincount(inverse, minlength=len(ids)).astype(np.float32)
         pooled = None
+    dataset = eval_dataset(split, batch_size=batch_size, image_size=image_size, rows=rows)
+    batches = (batch["images"] for batch in dataset.as_numpy_iterator())
     chunks, done = [], 0
-    for batch in eval_dataset(split, batch_size=batch_size, image_size=image_size, rows=rows).as_numpy_iterator():
-        images = batch["images"]
-        if mesh is not None:
-            images = sharding.global_batch({"images": images}, batch_size, mesh)["images"]
-        embeddings = np.asarray(embed_fn(variables, images))[: n - done]  # the last batch's padding dropped
+    for embeddings in embed_batches(embed_fn, variables, batches, n, batch_size=batch_size, mesh=mesh):
         if groups is None:
             chunks.append(embeddings)
         else:

@@ -6,14 +6,15 @@ needed, and the process's global backend is left alone. Only numpy and matplotli
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from msml_jax.evaluation.ranking import evaluate_ranking
 from msml_jax.evaluation.separation import pair_distances, separation_from_distances
+from msml_jax.records import read as read_records
 
 __all__ = [
     "MATCH_COLOUR",
@@ -24,7 +25,6 @@ __all__ = [
     "ranked_lists",
     "distance_distributions",
     "embedding_distance_distributions",
-    "read_metrics",
     "training_curves",
 ]
 
@@ -55,16 +55,10 @@ def _rank_rows(distmat, rows, q_pids, g_pids, q_camids, g_camids):
 
 
 def per_query_ap(distmat, q_pids, g_pids, q_camids, g_camids):
-    """Average precision float64 [Q] of each query of a [Q, G] distance matrix (the ranking protocol:
-    junk removed, AP = mean over the query's matches of precision at the match); NaN for a query
-    without any match. Rows are ranked in blocks, so memory stays O(block x G)."""
-    q_pids, g_pids, q_camids, g_camids = (np.asarray(a) for a in (q_pids, g_pids, q_camids, g_camids))
-    ap = np.full(len(q_pids), np.nan)
-    for r, order in _rank_rows(distmat, np.arange(len(q_pids)), q_pids, g_pids, q_camids, g_camids):
-        hits = np.flatnonzero(g_pids[order] == q_pids[r])
-        if hits.size:
-            ap[r] = np.mean(np.arange(1, hits.size + 1) / (hits + 1))
-    return ap
+    """Average precision float64 [Q] of each query of a [Q, G] distance matrix (the ranking protocol's, as
+    `evaluate_ranking` computes it: junk removed, AP = mean over the query's matches of precision at the match);
+    NaN for a query without any match. ValueError when no query has a match."""
+    return evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=1, per_query=True)["ap"]
 
 
 def worst_queries(ap, num):
@@ -229,31 +223,6 @@ def embedding_distance_distributions(path, query_emb, gallery_emb, q_pids, g_pid
 # ------------------------------------------------------------------------------------------ training curves
 
 
-def read_metrics(path):
-    """A run's metrics.jsonl as (train records, eval records, bad lines), each record list sorted by step.
-
-    Eval records are those with a `dataset`. A line that is not a JSON object with a `step` (e.g. the
-    half-written last line of a run killed mid-write) is skipped and listed in bad lines as (line number,
-    first 60 characters).
-    """
-    train, evals, bad = [], [], []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict) or "step" not in record:
-                bad.append((number, line.strip()[:60]))
-                continue
-            (evals if "dataset" in record else train).append(record)
-    train.sort(key=lambda r: r["step"])
-    evals.sort(key=lambda r: r["step"])
-    return train, evals, bad
-
-
 def _series(records, key):
     points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
     return [p[0] for p in points], [p[1] for p in points]
@@ -280,10 +249,12 @@ def training_curves(path, metrics_jsonl_path):
     """Six panels of a run, against the step: loss terms, accuracy, learning rate (log), the mined hardest
     positive / negative distances, each evaluation's mAP (solid) and rank-1 (dashed) per dataset, images/s.
 
-    Returns {"train_records", "eval_records", "bad_lines"}: counts, and the skipped lines (see read_metrics),
+    Returns {"train_records", "eval_records", "bad_lines"}: counts, and the skipped lines (see records.read),
     which are also noted under the figure.
     """
-    train, evals, bad = read_metrics(metrics_jsonl_path)
+    records, bad = read_records(metrics_jsonl_path)
+    train = sorted((r for r in records if "dataset" not in r), key=lambda r: r["step"])
+    evals = sorted((r for r in records if "dataset" in r), key=lambda r: r["step"])
     fig = Figure(figsize=(13, 7.5), dpi=90)
     axes = fig.subplots(2, 3).ravel()
     _lines(axes[0], train, ["loss", "cls_loss", "metric_loss"], "loss")

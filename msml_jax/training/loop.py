@@ -13,10 +13,10 @@ import jax
 import numpy as np
 import tqdm
 
-from msml_jax import sharding
+from msml_jax import checkpoint, sharding
 from msml_jax.errors import UserError
 from msml_jax.evaluation.report import format_table
-from msml_jax.training import checkpoint, steps
+from msml_jax.training import steps
 from msml_jax.training.trainer import create_trainer
 from msml_jax.training.writer import MetricWriter
 from msml_jax.config import check_paths

@@ -1,5 +1,9 @@
 """Orbax checkpoints of a run: the train state, the input position and the config it was trained with.
 
+The one module that opens, writes, looks up and reads them: the trainer (`save`, `restore_latest_intact`), eval.py
+and the Embedder (`find_checkpoint`, `restore_checkpoint`, `check_model_fields`). It sits below training and
+evaluation and imports neither.
+
 Atomicity: Orbax writes each step into `<step>.orbax-checkpoint-tmp-<time>` and renames it to `<step>` only
 once every item is written (and, on several hosts, every process has finished), so a process killed during a
 write leaves a tmp directory that `latest_step()` never returns; the next run's manager deletes it.
@@ -60,27 +64,34 @@ MODEL_FIELDS = frozenset(
 )
 
 
+# Fields an evaluation config must share with the checkpoint's: those deciding the parameters and the input size
+# the network was trained at.
+EVAL_MODEL_FIELDS = MODEL_FIELDS | {"data.image_size"}
+
+
+def _manager(directory, **options):
+    """The CheckpointManager over `directory` with `options` (ocp.CheckpointManagerOptions fields)."""
+    return ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(**options))
+
+
 def checkpoint_manager(workdir, max_to_keep=3, create=True):
     """An asynchronous CheckpointManager over `workdir/checkpoints` keeping the last `max_to_keep` steps.
 
     The trainer's manager (`create`) deletes tmp directories of interrupted writes; a reader's leaves them.
     """
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create, enable_async_checkpointing=True
-        ),
-    )
+    return _manager(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep, create=create,
+                    cleanup_tmp_directories=create, enable_async_checkpointing=True)
 
 
 def best_checkpoint_manager(workdir):
     """A manager over `workdir/best` keeping the single checkpoint of highest `mAP` (mean over evaluation sets)."""
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "best"),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda metrics: metrics["mAP"], best_mode="max", cleanup_tmp_directories=True
-        ),
-    )
+    return _manager(os.path.join(workdir, "best"), max_to_keep=1, best_fn=lambda metrics: metrics["mAP"],
+                    best_mode="max", cleanup_tmp_directories=True)
+
+
+def _reader(directory):
+    """A manager that only reads `directory` (it creates nothing and leaves tmp directories alone)."""
+    return _manager(directory, create=False, cleanup_tmp_directories=False)
 
 
 def _json_digest(obj):
@@ -151,17 +162,35 @@ def config_differences(saved, config):
     ]
 
 
+def _listing(differences):
+    return "; ".join(f"config.{field}: {old!r} in the checkpoint, {new!r} now" for field, old, new in differences)
+
+
+def model_field_changes(saved, config, fields=MODEL_FIELDS):
+    """The (field, saved value, current value) of `config_differences` whose field is one of `fields`."""
+    return [d for d in config_differences(saved, config) if d[0] in fields]
+
+
 def check_config_unchanged(saved, config, checkpoint_dir):
     """UserError naming every changed field unless it is changeable or config.allow_config_change is set."""
     if config.get("allow_config_change", False):
         return
     changed = [d for d in config_differences(saved, config) if d[0] not in CHANGEABLE_FIELDS]
     if changed:
-        listing = "; ".join(f"config.{field}: {old!r} in the checkpoint, {new!r} now" for field, old, new in changed)
         raise UserError(
-            f"the config differs from the one the checkpoint in {checkpoint_dir} was trained with ({listing}): "
+            f"the config differs from the one the checkpoint in {checkpoint_dir} was trained with ({_listing(changed)}): "
             f"restore those values, use a new --workdir, or pass --config.allow_config_change=True to continue anyway"
         )
+
+
+def check_model_fields(saved, config, where):
+    """UserError naming each field deciding the network (`EVAL_MODEL_FIELDS`) in which `config` differs from
+    `saved`, the config dict of the checkpoint at `where`."""
+    changed = model_field_changes(saved, config, EVAL_MODEL_FIELDS)
+    if changed:
+        raise UserError(f"the config differs from the one the checkpoint in {where} was trained with in fields that "
+                        f"decide the network ({_listing(changed)}): drop those overrides (the checkpoint's config is "
+                        f"used when --config is not given)")
 
 
 class DamagedCheckpoint(Exception):
@@ -184,11 +213,11 @@ def _model_mismatch(step_dir, target, saved_config, config):
     saved config (its digest was checked), then in the array shapes the state metadata lists. Metadata that
     cannot be read, or that lacks the model's parameters, is damage (DamagedCheckpoint).
     """
-    fields = [d for d in config_differences(saved_config, config) if d[0] in MODEL_FIELDS]
+    fields = model_field_changes(saved_config, config)
     if config.get("allow_config_change", False):  # the user vouches for the new values; shapes must still match
         fields = []
     if fields:
-        cause = "; ".join(f"config.{field}: {old!r} in the checkpoint, {new!r} now" for field, old, new in fields)
+        cause = _listing(fields)
     else:
         try:
             # The handler's own metadata read: a Checkpointer's also looks for (and warns about) step metadata.
@@ -279,36 +308,23 @@ def _json_items(step_dir):
     return saved_config, position
 
 
-def restore_raw(manager, step):
-    """(saved config dict, saved state dict of numpy arrays) of `step` without a target structure (eval.py).
+def _restore_step(manager, step, state=None, config=None):
+    """(state, saved config dict) of one step; DamagedCheckpoint on damage, UserError on another model.
 
-    Raises DamagedCheckpoint when an item cannot be read or does not match its recorded sha256.
+    `state` None: the saved state dict of numpy arrays, read without a target structure (eval.py); otherwise
+    restored into the structure and shardings of `state`, after checking it is the model `config` describes.
     """
     step_dir = os.path.join(str(manager.directory), str(step))
     saved_config, position = _json_items(step_dir)
-    try:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    except Exception as e:  # noqa: BLE001  (as in _restore_step: every read failure here is damage)
-        _mute_abandoned_reads()
-        raise DamagedCheckpoint(f"its state cannot be read ({_short(e)})") from None
-    if "state_sha256" in position and state_digest(restored) != position["state_sha256"]:
-        raise DamagedCheckpoint("its state's values do not match the sha256 recorded in position/metadata")
-    return saved_config, restored
-
-
-def _restore_step(manager, step, state, config):
-    """(state, saved config dict) of one step; DamagedCheckpoint on damage, UserError on another model."""
-    step_dir = os.path.join(str(manager.directory), str(step))
-    saved_config, position = _json_items(step_dir)
-    if config is not None:
-        mismatch = _model_mismatch(step_dir, serialization.to_state_dict(state), saved_config, config)
+    target = None if state is None else serialization.to_state_dict(state)
+    if config is not None and state is not None:
+        mismatch = _model_mismatch(step_dir, target, saved_config, config)
         if mismatch is not None:
             raise mismatch
     try:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(serialization.to_state_dict(state)))
-        )
-        restored = serialization.from_state_dict(state, restored["state"])
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        if state is not None:
+            restored = serialization.from_state_dict(state, restored)
     except Exception as e:  # noqa: BLE001  (tensorstore, decompression, OSError, ValueError: all are damage here)
         _mute_abandoned_reads()
         raise DamagedCheckpoint(f"its state cannot be read ({_short(e)})") from None
@@ -330,43 +346,28 @@ def move_aside(manager, step):
     return target
 
 
-def restore_latest_intact(manager, state, config=None, step=None, move_damaged=True):
-    """Restores the newest intact checkpoint (or step `step`) into the structure and shardings of `state`.
+def restore_latest_intact(manager, state, config=None):
+    """Restores the newest intact checkpoint into the structure and shardings of `state` (the trainer's resume).
 
-    Args:
-      manager: the run's CheckpointManager.
-      state: the TrainState to restore into.
-      config: the current config; when given, a checkpoint of another model is a UserError naming the fields.
-      step: restore this step only (eval.py --checkpoint); None: the newest intact one.
-      move_damaged: the trainer's choice: damaged newer steps are moved aside (with one "warning: ..." line each
-        on stderr) and the next older one is tried. Without it (a reader), a damaged step is a UserError naming it and the others.
+    Damaged newer steps are moved aside (with one "warning: ..." line each on stderr) and the next older one is
+    tried. `config`, when given, is the current config: a checkpoint of another model is a UserError naming the
+    fields, never taken for damage.
+
     Returns:
       (state, step), or (state, None) when `manager` holds no checkpoint.
     Raises:
-      UserError when the step asked for, or every step, is damaged, or the checkpoint is of another model.
+      UserError when every step is damaged, or the checkpoint is of another model.
     """
     directory = str(manager.directory)
     steps = sorted(manager.all_steps(), reverse=True)
-    if step is not None and step not in steps:
-        raise UserError(
-            f"no checkpoint of step {step} in {directory}: pick one of {', '.join(map(str, steps)) or '(none)'}"
-        )
     if not steps:
         return state, None
-    candidates = [step] if step is not None else steps
     damaged = []
-    for candidate in candidates:
+    for candidate in steps:
         try:
             restored, _ = _restore_step(manager, candidate, state, config)
         except DamagedCheckpoint as e:
             damaged.append((candidate, str(e)))
-            if not move_damaged:
-                others = [str(s) for s in steps if s != candidate]
-                pick = (f"evaluate another one with --checkpoint {others[0]} (checkpoints present: "
-                        f"{', '.join(others)})" if others else "there is no other checkpoint: train again")
-                raise UserError(
-                    f"the checkpoint {os.path.join(directory, str(candidate))} is damaged: {e}; {pick}"
-                ) from None
             continue
         for bad, reason in damaged:
             target = move_aside(manager, bad)
@@ -389,3 +390,51 @@ def latest_readable_config(manager):
         except DamagedCheckpoint:
             continue
     return None
+
+
+# ------------------------------------------------------------------------------- readers: eval.py, the Embedder
+
+
+def find_checkpoint(workdir, which="latest"):
+    """(directory, step) of checkpoint `which` of run `workdir`: "latest", "best" or a step number.
+
+    Raises UserError naming the workdir and the steps there are when there is no such checkpoint.
+    """
+    which = str(which)
+    directory = os.path.join(workdir, "best" if which == "best" else "checkpoints")
+    steps = []
+    if os.path.isdir(directory):
+        manager = _reader(directory)
+        steps = sorted(manager.all_steps())
+        manager.close()
+    if not steps:
+        hint = ("no evaluation has kept a best checkpoint yet (config.eval_every_steps)" if which == "best" else
+                f"train first with `python train.py --config CONFIG --workdir {workdir}`, or pass the --workdir "
+                f"of a trained run")
+        raise UserError(f"no checkpoint in {directory}: {hint}")
+    if which in ("latest", "best"):
+        return directory, steps[-1]
+    if not which.isdigit() or int(which) not in steps:
+        raise UserError(f"--checkpoint={which}: {directory} holds the steps {', '.join(map(str, steps))}: "
+                        f"pass one of those, latest or best")
+    return directory, int(which)
+
+
+def restore_checkpoint(directory, step):
+    """(config dict, {"params", "batch_stats"} of numpy arrays) saved at `step` in `directory`.
+
+    A damaged checkpoint (an unreadable item, or bytes that do not match the sha256 recorded at saving) is a
+    UserError naming it and the other steps to pick with --checkpoint.
+    """
+    manager = _reader(directory)
+    try:
+        state, saved_config = _restore_step(manager, step)
+    except DamagedCheckpoint as e:
+        others = [str(s) for s in sorted(manager.all_steps(), reverse=True) if s != step]
+        pick = (f"evaluate another one with --checkpoint {others[0]} (checkpoints present: {', '.join(others)})"
+                if others else "there is no other checkpoint here: try --checkpoint best, or train again")
+        raise UserError(f"the checkpoint {os.path.join(directory, str(step))} is damaged: {e}; {pick}") from None
+    finally:
+        manager.close()
+    variables = {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+    return saved_config, jax.tree_util.tree_map(np.asarray, variables)

@@ -1,0 +1,181 @@
+"""Evaluating a trained run: what eval.py calls. Restore a checkpoint with the config it holds; evaluate it, draw
+it, export it.
+
+`python eval.py --workdir DIR` needs nothing else: the checkpoint holds the run's config (model, input size,
+preprocessing, normalization). A config passed explicitly may change where data lies and how evaluation runs,
+but not the model: fields that decide the network are compared with the checkpoint's and refused when they differ.
+"""
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from msml_jax import records, sharding
+from msml_jax.checkpoint import check_model_fields, find_checkpoint, restore_checkpoint
+from msml_jax.errors import UserError
+from msml_jax.evaluation.evaluator import SEPARATION_MAX_PAIRS, EvalSettings, Evaluator
+from msml_jax.evaluation.report import format_table
+from msml_jax.models import init_variables, model_from_config
+
+
+def model_of(config, variables, where):
+    """The model of `config` for restored `variables`; UserError when their shapes do not fit it."""
+    params = traverse_util.flatten_dict(variables["params"], sep="/")
+    kernel = next((v for k, v in params.items() if k.endswith("classifier/kernel")), None)
+    if kernel is None:
+        raise UserError(f"{where} holds no classifier parameters: it is not a checkpoint of this project's trainer")
+    model = model_from_config(config, int(kernel.shape[-1]))
+    shapes = jax.eval_shape(lambda: init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(0)))
+    expected = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(shapes), sep="/").items()}
+    got = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
+    if expected != got:
+        diff = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
+        shown = "; ".join(f"{k}: {got.get(k, 'absent')} saved, {expected.get(k, 'absent')} expected" for k in diff[:4])
+        raise UserError(f"the parameters in {where} do not fit config.model ({config.model.name}): {shown}"
+                        f"{' ...' if len(diff) > 4 else ''}: evaluate with the config the run was trained with")
+    return model
+
+
+def load_run(workdir, config=None, checkpoint="latest"):
+    """(config, model, variables, step) of checkpoint `checkpoint` of `workdir`.
+
+    `config` None: the checkpoint's own. Otherwise `config` is used, after checking that the fields deciding the
+    network agree with the checkpoint's.
+    """
+    directory, step = find_checkpoint(workdir, checkpoint)
+    where = os.path.join(directory, str(step))
+    saved, variables = restore_checkpoint(directory, step)
+    if config is None:
+        config = ml_collections.ConfigDict(saved)
+    else:
+        check_model_fields(saved, config, where)
+    return config, model_of(config, variables, where), variables, step
+
+
+def apply_eval_options(config, datasets=None, protocol=None, flip=None, metric=None, rerank=None):
+    """A copy of `config` with eval.py's options set (None: keep the config's)."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        if "eval" not in config:
+            config.eval = ml_collections.ConfigDict()
+        if datasets:
+            config.data.eval = tuple(datasets)
+        if protocol is not None:
+            config.data.protocol = protocol
+        if flip is not None:
+            config.eval.flip = bool(flip)
+        if metric is not None:
+            config.eval.metric = metric
+        for field, value in (rerank or {}).items():  # eval.py's --rerank, --rerank_k1, --rerank_k2, --rerank_lambda
+            if value is not None:
+                config.eval[field] = value
+    return config
+
+
+def save_features(path, features):
+    """Writes the features of every evaluated dataset to one `.npz`: `<dataset>/<query|gallery>/<field>` arrays.
+
+    Fields: embeddings float32 [N, D], pids, camids and, when the dataset has them, tracklet and file_name.
+    """
+    arrays = {f"{name}/{part}/{field}": np.asarray(value) for name, parts in features.items()
+              for part, values in parts.items() for field, value in values.items()}
+    np.savez(path, **{k: (v.astype(str) if v.dtype == object else v) for k, v in arrays.items()})
+
+
+def check_output_path(path, suffix):
+    """UserError when `path` cannot be written: its folder does not exist, or it lacks `suffix`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"cannot write {path}: the folder {folder} does not exist; create it or choose another path")
+    if not path.endswith(suffix):
+        raise UserError(f"{path}: the file name must end in {suffix}")
+
+
+def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, protocol=None, flip=None, metric=None,
+                 features_path=None, visualize_dir=None, export_path=None, rerank=None):
+    """Evaluates a checkpoint of `workdir`; appends the records to its metrics.jsonl, prints and returns them.
+
+    `features_path`: also write the features (`save_features`); `visualize_dir`: also draw each dataset's
+    ranked lists and distance distributions and the run's training curves there (`draw_run`); `export_path`:
+    also export the embedder for serving (`export_run`).
+    """
+    from msml_jax.config import validate_config
+    from msml_jax.data import load_eval_sets
+
+    if features_path:
+        check_output_path(features_path, ".npz")
+    if export_path:
+        check_output_path(export_path, "")
+    if visualize_dir and not os.path.isdir(os.path.dirname(os.path.abspath(visualize_dir))):
+        raise UserError(f"--visualize={visualize_dir}: its parent folder does not exist; create it first")
+    config, model, variables, step = load_run(workdir, config, checkpoint)
+    config = apply_eval_options(config, datasets, protocol, flip, metric, rerank)
+    validate_config(config)
+    eval_sets = load_eval_sets(config.data)
+    mesh = sharding.make_mesh()
+    evaluator = Evaluator(model.apply, eval_sets, EvalSettings.from_config(config, mesh.devices.size), mesh)
+    features = evaluator.features(sharding.replicate(variables, mesh))
+    results = [{**r, "checkpoint": str(checkpoint)} for r in evaluator.score(features, step)]
+    if jax.process_index() == 0:
+        if features_path:
+            save_features(features_path, features)
+        for record in results:
+            records.append(workdir, record)
+        print(format_table(results), flush=True)
+        if visualize_dir:
+            for path in draw_run(visualize_dir, workdir, eval_sets, features, config, step):
+                print(f"wrote {path}", flush=True)
+        if export_path:
+            export_run(export_path, model, variables, config, step)
+            print(f"wrote {export_path} and {export_path}.json", flush=True)
+    return results
+
+
+def draw_run(directory, workdir, eval_sets, features, config, step):
+    """PNGs of an evaluated run in `directory`; returns their paths.
+
+    Per dataset: `<dataset>_ranked.png` (the 8 queries of lowest AP, each with its top 10, green frame = same
+    identity, red = another; one frame per tracklet for MARS) and `<dataset>_distances.png` (the paper's Figure
+    3: positive and negative pair distances, margin marked); and `curves.png` from the run's metrics.jsonl.
+    """
+    from msml_jax.data.pipeline import image_reader
+    from msml_jax.evaluation import visualize
+    from msml_jax.evaluation.retrieval import distance_matrix
+
+    os.makedirs(directory, exist_ok=True)
+    settings = EvalSettings.from_config(config)
+    paths = []
+    for name, sets in eval_sets.items():
+        q, g = features[name]["query"], features[name]["gallery"]
+        ids = (q["pids"], g["pids"], q["camids"], g["camids"])
+        read_q, read_g = image_reader(sets["query"]), image_reader(sets["gallery"])
+        distances = distance_matrix(q["embeddings"], g["embeddings"], settings.metric, settings.normalize)
+        path = os.path.join(directory, f"{name}_ranked.png")
+        visualize.ranked_lists(path, lambda i: read_q(q["image_index"][i]), lambda i: read_g(g["image_index"][i]),
+                               distances, *ids, title=f"{name}, step {step}: lowest-AP queries and their top 10")
+        paths.append(path)
+        path = os.path.join(directory, f"{name}_distances.png")
+        visualize.embedding_distance_distributions(path, q["embeddings"], g["embeddings"], *ids,
+                                                   metric=settings.metric, normalize=settings.normalize,
+                                                   max_pairs=SEPARATION_MAX_PAIRS,  # as the record's figures
+                                                   margin=config.get("margin"), title=f"{name}, step {step}")
+        paths.append(path)
+    metrics = records.metrics_path(workdir)
+    if os.path.exists(metrics):
+        paths.append(os.path.join(directory, "curves.png"))
+        visualize.training_curves(paths[-1], metrics)
+    return paths
+
+
+def export_run(path, model, variables, config, step):
+    """The run's embedder (`msml_jax.export`) at `path`, with the evaluation's flip and normalization."""
+    from msml_jax.export import export_embedder
+
+    settings = EvalSettings.from_config(config)
+    normalize = settings.normalize or settings.metric == "cosine"
+    return export_embedder(path, model.apply, variables, tuple(config.data.image_size), metadata={
+        "flip": settings.flip, "normalize": normalize, "distance": settings.metric, "model": config.model.name,
+        "step": int(step)})

@@ -1,0 +1,66 @@
+"""A run's records, `WORKDIR/metrics.jsonl`: the one reader and writer of that file.
+
+One JSON object per line (`json.dumps` defaults: insertion order, repr floats), written by process 0 alone: a
+train record per log step, an evaluation record (it has a `dataset`) per evaluated dataset. Only the standard
+library is imported.
+"""
+
+import json
+import os
+import sys
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def metrics_path(workdir):
+    return os.path.join(workdir, METRICS_FILE)
+
+
+def append(workdir, record):
+    """Appends `record` (a dict of JSON values) as one line of `workdir`'s metrics.jsonl."""
+    with open(metrics_path(workdir), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read(path):
+    """(records, bad lines) of a metrics.jsonl: its records in file order, and the lines that are not a JSON
+    object with a `step` (e.g. the half-written last line of a run killed mid-write) as (line number, first 60
+    characters)."""
+    records, bad = [], []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict) or "step" not in record:
+                bad.append((number, line.strip()[:60]))
+                continue
+            records.append(record)
+    return records, bad
+
+
+def rewind(workdir, step, final_step):
+    """Drops the records written after checkpoint `step` (they will be written again), atomically.
+
+    Kept: train records up to `step`, evaluations before `step`, and the evaluation at `step` unless it is the
+    final one (a resumed run repeats the final evaluation). The file then reads as an uninterrupted run's. An
+    unreadable line (a write cut short) is dropped with a warning.
+    """
+    path = metrics_path(workdir)
+    if not os.path.exists(path):
+        return
+
+    def keep(r):
+        if "dataset" in r:
+            return r["step"] < step or (r["step"] == step and step < final_step)
+        return r["step"] <= step
+
+    records, bad = read(path)
+    for number, _ in bad:
+        print(f"warning: {path} line {number} is not valid JSON (a write cut short?): skipped", file=sys.stderr)
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records if keep(r))
+    os.replace(path + ".tmp", path)
