@@ -11,6 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from msml_jax.distances import RANKING_METRICS
 from msml_jax.errors import UserError, exit_on_user_error
 from msml_jax.config import check_config_flags
 
@@ -19,7 +20,7 @@ flags.DEFINE_list("workdir", None, "Run directory (or several, comma-separated; 
 flags.DEFINE_list("dataset", None, "Datasets to evaluate (default: the run's config.data.eval).")
 flags.DEFINE_string("protocol", None, "Protocol for the datasets that have it (e.g. classic for cuhk03).")
 flags.DEFINE_boolean("flip", None, "Flip test: average each image's embedding with its mirror's.")
-flags.DEFINE_enum("metric", None, ["euclidean", "cosine"], "Distance to rank with.")
+flags.DEFINE_enum("metric", None, RANKING_METRICS, "Distance to rank with.")
 flags.DEFINE_boolean("rerank", None, "k-reciprocal re-ranking (Zhong et al. 2017) of the query x gallery distances.")
 flags.DEFINE_integer("rerank_k1", None, "Re-ranking k1 (default config.eval.k1 = 20), at most the gallery size.")
 flags.DEFINE_integer("rerank_k2", None, "Re-ranking k2, local query expansion (default 6; 1: none), at most k1.")

@@ -26,7 +26,9 @@ import numpy as np
 __all__ = ["METRICS", "check_metric", "l2_normalize", "l2_normalize_numpy", "comparable", "pairwise_distance",
            "paired_distance", "inverse_norm", "sq_euclidean_expansion", "compute_dtype"]
 
-METRICS = ("euclidean", "sqeuclidean", "cosine")
+EUCLIDEAN, SQEUCLIDEAN, COSINE = "euclidean", "sqeuclidean", "cosine"  # the metric names: here only
+METRICS = (EUCLIDEAN, SQEUCLIDEAN, COSINE)
+RANKING_METRICS = (EUCLIDEAN, COSINE)  # what evaluation ranks with: config.eval.metric, eval.py --metric, re-ranking
 
 # Squared-norm floor for l2 normalization: a zero embedding maps to the zero
 # vector (not NaN) and its gradient stays finite.

@@ -28,8 +28,8 @@ import os
 import jax
 import jax.numpy as jnp
 
+from msml_jax.distances import EUCLIDEAN, l2_normalize
 from msml_jax.evaluation.retrieval import embed_step
-from msml_jax.losses import l2_normalize
 
 __all__ = ["DEFAULT_PLATFORMS", "embedding_fn", "export_embedder", "load_exported"]
 
@@ -46,7 +46,7 @@ def embedding_fn(apply_fn, *, flip=False, normalize=False):
 
     `evaluation.retrieval.embed_step`: the model's `retrieval` output if it has one, else `embeddings`.
     `flip`: the mean of the image's and its horizontal mirror's embeddings, taken before normalisation.
-    `normalize`: then l2-normalised (losses.l2_normalize).
+    `normalize`: then l2-normalised (distances.l2_normalize).
     """
 
     def fn(variables, images):
@@ -77,7 +77,7 @@ def export_embedder(path, apply_fn, variables, image_size, *, metadata, platform
     metadata = dict(metadata)
     flip = bool(metadata.setdefault("flip", False))
     normalize = bool(metadata.setdefault("normalize", False))
-    metadata.setdefault("distance", "euclidean")
+    metadata.setdefault("distance", EUCLIDEAN)
     height, width = (int(s) for s in image_size)
     fn = embedding_fn(apply_fn, flip=flip, normalize=normalize)
     # The variables are closed over, so they become constants of the exported module: one self-contained file.

@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 
+from msml_jax.distances import comparable
 from msml_jax.errors import UserError
 from msml_jax.evaluation.evaluator import EvalSettings
 from msml_jax.evaluation.retrieval import embed_batches, jit_embed_fn
@@ -70,9 +71,7 @@ class Embedder:
     def search(self, query_embeddings, gallery_embeddings, k=10):
         """(indices int [Q, k], distances float32 [Q, k]) of each query's k nearest gallery embeddings."""
         from msml_jax.evaluation.search import top_k
-        from msml_jax.losses import l2_normalize
 
         q, g = (np.asarray(x, np.float32) for x in (query_embeddings, gallery_embeddings))
-        if self.settings.metric == "euclidean" and self.settings.normalize:
-            q, g = np.asarray(l2_normalize(q)), np.asarray(l2_normalize(g))
+        q, g = (np.asarray(x) for x in comparable(q, g, self.settings.metric, self.settings.normalize))
         return top_k(q, g, k, metric=self.settings.metric)

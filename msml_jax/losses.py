@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from msml_jax.distances import compute_dtype, l2_normalize, pairwise_distance
+from msml_jax.distances import EUCLIDEAN, compute_dtype, l2_normalize, pairwise_distance
 
 __all__ = [
     "LOSSES",
@@ -266,7 +266,7 @@ def triplet_loss(
     Returns:
       Scalar; 0.0 if no anchor has both a positive and a negative.
     """
-    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric=EUCLIDEAN)
     pos_mask, neg_mask = _pair_masks(labels)
     valid = jnp.any(pos_mask, axis=1) & jnp.any(neg_mask, axis=1)
     noise = _gumbel_noise(key, 2, dist.shape[0])
@@ -295,7 +295,7 @@ def batch_all_triplet_loss(
     Returns:
       Scalar; 0.0 if ``T`` is empty.
     """
-    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric=EUCLIDEAN)
     pos_mask, neg_mask = _pair_masks(labels)
     triplets = pos_mask[:, :, None] & neg_mask[:, None, :]
     hinge = jax.nn.relu(dist[:, :, None] - dist[:, None, :] + margin)
@@ -334,7 +334,7 @@ def quadruplet_loss(
       identities), that anchor's second term is 0.
     """
     labels = jnp.asarray(labels)
-    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric=EUCLIDEAN)
     pos_mask, neg_mask = _pair_masks(labels)
     valid = jnp.any(pos_mask, axis=1) & jnp.any(neg_mask, axis=1)
     noise = _gumbel_noise(key, 3, dist.shape[0])
@@ -371,7 +371,7 @@ def trihard_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.3, 
       Scalar. Anchors without a positive or a negative are excluded from the
       mean; 0.0 if no anchor is valid.
     """
-    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric=EUCLIDEAN)
     hardest_pos, hardest_neg, valid = hardest_pairs(dist, labels)
     gap = hardest_pos - hardest_neg
     per_anchor = jax.nn.softplus(gap) if soft_margin else jax.nn.relu(gap + margin)
@@ -397,7 +397,7 @@ def msml_loss(embeddings: jax.Array, labels: jax.Array, margin: float = 0.3, nor
       Scalar. 0.0 (with zero gradient) if the batch has no positive pair or no
       negative pair.
     """
-    dist = pairwise_distance(_prepare(embeddings, normalize), metric="euclidean")
+    dist = pairwise_distance(_prepare(embeddings, normalize), metric=EUCLIDEAN)
     hardest_pos, hardest_neg, has_pos, has_neg = _hardest(dist, labels)
     max_pos, any_pos = _masked_max(hardest_pos, has_pos)
     min_neg, any_neg = _masked_min(hardest_neg, has_neg)

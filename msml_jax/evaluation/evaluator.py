@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 
+from msml_jax.distances import EUCLIDEAN
 from msml_jax.errors import UserError
 from msml_jax.evaluation.protocols import get_protocol
 from msml_jax.evaluation.retrieval import embed_split, jit_embed_fn
@@ -24,7 +25,7 @@ class EvalSettings:
     """How embeddings are computed and compared (config.eval, config.normalize, config.eval_batch_size)."""
 
     flip: bool = False  # average each image's embedding with its mirror's
-    metric: str = "euclidean"  # euclidean | cosine
+    metric: str = EUCLIDEAN  # euclidean | cosine
     pooling: str = "avg"  # tracklet pooling of frame features: avg | max
     normalize: bool = True  # euclidean distances of l2-normalized embeddings
     rerank: tuple = None  # (k1, k2, lambda): k-reciprocal re-ranking of the distances; None: off
@@ -39,7 +40,7 @@ class EvalSettings:
         rerank = None
         if ev.get("rerank", False):
             rerank = (int(ev.get("k1", 20)), int(ev.get("k2", 6)), float(ev.get("lambda_value", 0.3)))
-        return cls(flip=bool(ev.get("flip", False)), metric=ev.get("metric", "euclidean"),
+        return cls(flip=bool(ev.get("flip", False)), metric=ev.get("metric", EUCLIDEAN),
                    pooling=ev.get("pooling", "avg"), normalize=bool(config.normalize), rerank=rerank,
                    batch_size=batch, image_size=tuple(config.data.image_size))
 

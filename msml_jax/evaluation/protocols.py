@@ -16,7 +16,7 @@ from msml_jax.evaluation.ranking import evaluate_ranking
 from msml_jax.evaluation.rerank import k_reciprocal_rerank_blocks
 from msml_jax.evaluation.retrieval import distance_matrix
 from msml_jax.evaluation.search import evaluate_ranking_blocked, evaluate_ranking_blocks
-from msml_jax.distances import comparable
+from msml_jax.distances import EUCLIDEAN, comparable
 
 RANKS = (1, 5, 10, 20)
 SINGLE_GALLERY_SHOT_REPEATS = 10
@@ -43,7 +43,7 @@ def _reranked(query, gallery, metric, normalize, rerank):
     return k_reciprocal_rerank_blocks(q, g, k1, k2, lambda_value, metric=metric)
 
 
-def rank_images(query, gallery, *, metric="euclidean", normalize=True, rerank=None):
+def rank_images(query, gallery, *, metric=EUCLIDEAN, normalize=True, rerank=None):
     """Market-1501 rules: every query against the whole gallery; same pid and camera is junk.
 
     Returns {mAP, mINP, rank1, rank5, rank10, rank20, num_queries} (fractions). `rerank` (k1, k2, lambda): rank by k-reciprocal re-ranked distances (Zhong et al.
@@ -59,7 +59,7 @@ def rank_images(query, gallery, *, metric="euclidean", normalize=True, rerank=No
     return _summary(result)
 
 
-def single_gallery_shot(query, gallery, *, metric="euclidean", normalize=True, distances=None, rerank=None,
+def single_gallery_shot(query, gallery, *, metric=EUCLIDEAN, normalize=True, distances=None, rerank=None,
                         repeats=SINGLE_GALLERY_SHOT_REPEATS, seed=0):
     """CUHK03's classic protocol: each query against ONE gallery image per identity, averaged over draws.
 

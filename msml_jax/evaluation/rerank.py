@@ -57,11 +57,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msml_jax.distances import COSINE, EUCLIDEAN, RANKING_METRICS, SQEUCLIDEAN
 from msml_jax.evaluation import search
 
-__all__ = ["k_reciprocal_rerank", "k_reciprocal_rerank_blocks", "RERANK_METRICS"]
+__all__ = ["k_reciprocal_rerank", "k_reciprocal_rerank_blocks"]
 
-RERANK_METRICS = ("euclidean", "cosine")
 
 # Row blocks of the neighbour pass: [rows, N] float32 slabs of about this size.
 _NEIGHBOUR_BLOCK_BYTES = 64 << 20
@@ -247,9 +247,9 @@ def _neighbour_block(xb, row0, x, aux, metric, k):
 
 
 def _squared_block(xb, x, aux, metric):
-    if metric == "euclidean":
-        return search.block_distance(xb, x, aux, "sqeuclidean")
-    d = search.block_distance(xb, x, aux, "cosine")
+    if metric == EUCLIDEAN:
+        return search.block_distance(xb, x, aux, SQEUCLIDEAN)
+    d = search.block_distance(xb, x, aux, COSINE)
     return d * d
 
 
@@ -260,13 +260,13 @@ class _Embeddings:
     """M from embeddings: D = pairwise distances (``metric``) of [queries; gallery]."""
 
     def __init__(self, query_emb, gallery_emb, metric):
-        if metric not in RERANK_METRICS:
-            raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(RERANK_METRICS)}")
+        if metric not in RANKING_METRICS:
+            raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(RANKING_METRICS)}")
         query, gallery = search._prepare(query_emb, gallery_emb, metric)
         self.metric = metric
         self.num_query, self.num_gallery = query.shape[0], gallery.shape[0]
         self.x = jnp.concatenate([query, gallery])
-        self.aux = search.gallery_aux(self.x, "sqeuclidean" if metric == "euclidean" else metric)
+        self.aux = search.gallery_aux(self.x, SQEUCLIDEAN if metric == EUCLIDEAN else metric)
         self.host_x = np.asarray(self.x)
         self.host_aux = np.asarray(self.aux)
 
@@ -291,7 +291,7 @@ class _Embeddings:
         for s in range(0, i.size, step):
             a, b = i[s:s + step], j[s:s + step]
             dot = np.einsum("pd,pd->p", self.host_x[a], self.host_x[b])
-            if self.metric == "euclidean":
+            if self.metric == EUCLIDEAN:
                 d2 = np.maximum(self.host_aux[a] + self.host_aux[b] - 2.0 * dot, 0.0)
             else:
                 d = np.clip(1.0 - dot * self.host_aux[a] * self.host_aux[b], 0.0, 2.0)
@@ -488,7 +488,7 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
 
 
 def k_reciprocal_rerank_blocks(query_emb, gallery_emb, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                               *, metric: str = "euclidean",
+                               *, metric: str = EUCLIDEAN,
                                block_rows: int | None = None) -> Iterator[Tuple[slice, np.ndarray]]:
     """The same re-ranking from embeddings, as blocks of query rows; no ``N x N`` matrix exists.
 

@@ -11,10 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from msml_jax import sharding
-from msml_jax.distances import comparable, pairwise_distance
+from msml_jax.distances import COSINE, EUCLIDEAN, RANKING_METRICS, comparable, pairwise_distance
 
-METRICS = ("euclidean", "cosine")
-POOLINGS = ("avg", "max")
 
 
 def embed_step(apply_fn, variables, images, flip=False):
@@ -104,13 +102,13 @@ def embed_split(embed_fn, variables, split, *, batch_size, image_size, mesh=None
     return pooled, ids, first
 
 
-def distance_matrix(query, gallery, metric="euclidean", normalize=True):
+def distance_matrix(query, gallery, metric=EUCLIDEAN, normalize=True):
     """Distances float32 [Q, G] between query [Q, D] and gallery [G, D] embeddings.
 
     euclidean: on l2-normalized embeddings when `normalize` (the paper's), raw ones otherwise; cosine:
     1 - cosine similarity (normalization implied); see `distances.comparable`. Smaller is more similar.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}: valid metrics are {', '.join(METRICS)}")
+    if metric not in RANKING_METRICS:
+        raise ValueError(f"unknown metric {metric!r}: valid metrics are {', '.join(RANKING_METRICS)}")
     q, g = comparable(jnp.asarray(query, jnp.float32), jnp.asarray(gallery, jnp.float32), metric, normalize)
     return np.asarray(pairwise_distance(q, g, metric=metric))

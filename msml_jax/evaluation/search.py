@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from msml_jax.evaluation.ranking import AP_MODES, evaluate_ranking
-from msml_jax.distances import METRICS, check_metric, inverse_norm, l2_normalize, sq_euclidean_expansion
+from msml_jax.distances import (COSINE, EUCLIDEAN, METRICS, check_metric, inverse_norm, l2_normalize,
+                                sq_euclidean_expansion)
 
 __all__ = ["METRICS", "distance_blocks", "top_k", "evaluate_ranking_blocks",
            "evaluate_ranking_blocked", "block_rows_for"]
@@ -88,7 +89,7 @@ _all_finite = jax.jit(lambda x: jnp.isfinite(jnp.max(jnp.abs(x))))
 @functools.partial(jax.jit, static_argnames=("metric",))
 def gallery_aux(gallery: jax.Array, metric: str) -> jax.Array:
     """Per gallery row: squared norm (euclidean metrics) or inverse norm (cosine), ``[G]``."""
-    if metric == "cosine":
+    if metric == COSINE:
         return inverse_norm(gallery)
     return jnp.sum(gallery * gallery, axis=-1)
 
@@ -100,12 +101,12 @@ def block_distance(query: jax.Array, gallery: jax.Array, aux: jax.Array, metric:
     (so the gallery is never normalized or copied per block).  Exact zeros are
     ``+0.0``, so negated distances tie as the distances do.
     """
-    if metric == "cosine":
+    if metric == COSINE:
         cos = jnp.matmul(l2_normalize(query), gallery.T, precision=jax.lax.Precision.HIGHEST) * aux[None, :]
         dist = jnp.clip(1.0 - cos, 0.0, 2.0)
     else:
         dist = sq_euclidean_expansion(query, gallery, aux)
-        if metric == "euclidean":
+        if metric == EUCLIDEAN:
             dist = jnp.sqrt(dist)
     return jnp.where(dist > 0, dist, 0.0)
 
@@ -151,7 +152,7 @@ def _check_block_rows(block_rows, num_q, num_g, max_block_bytes):
     return int(min(block_rows, max(num_q, 1)))
 
 
-def distance_blocks(query_emb, gallery_emb, metric: str = "euclidean", *, block_rows: int | None = None,
+def distance_blocks(query_emb, gallery_emb, metric: str = EUCLIDEAN, *, block_rows: int | None = None,
                     max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> Iterator[Tuple[slice, np.ndarray]]:
     """Query x gallery distances, one block of query rows at a time.
 
@@ -178,7 +179,7 @@ def _distance_block_iter(query, gallery, metric, block_rows):
         yield rows, dist[: rows.stop - rows.start]
 
 
-def top_k(query_emb, gallery_emb, k: int, metric: str = "euclidean", *, block_rows: int | None = None,
+def top_k(query_emb, gallery_emb, k: int, metric: str = EUCLIDEAN, *, block_rows: int | None = None,
           max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> Tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest gallery items of every query.
 
@@ -307,7 +308,7 @@ def evaluate_ranking_blocks(blocks: Iterable[Tuple[slice, np.ndarray]], q_pids, 
 
 
 def evaluate_ranking_blocked(query_emb, gallery_emb, q_pids, g_pids, q_camids, g_camids,
-                             metric: str = "euclidean", max_rank: int = 50, ap_mode: str = "mean_precision",
+                             metric: str = EUCLIDEAN, max_rank: int = 50, ap_mode: str = "mean_precision",
                              *, block_rows: int | None = None,
                              max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> dict:
     """CMC / mAP / mINP of ranking the gallery by ``metric``, never holding ``[Q, G]``.

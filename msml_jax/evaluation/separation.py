@@ -25,7 +25,7 @@ import functools
 
 import numpy as np
 
-from msml_jax.distances import METRICS, comparable, paired_distance
+from msml_jax.distances import EUCLIDEAN, METRICS, comparable, paired_distance
 
 __all__ = ["METRICS", "pair_distances", "separation_from_distances", "separation_figures"]
 
@@ -113,7 +113,7 @@ def _distances(fn, q, g, qi, gi):
     return out
 
 
-def pair_distances(query_emb, gallery_emb, q_pids, g_pids, q_camids, g_camids, *, metric="euclidean",
+def pair_distances(query_emb, gallery_emb, q_pids, g_pids, q_camids, g_camids, *, metric=EUCLIDEAN,
                    normalize=False, max_pairs=DEFAULT_MAX_PAIRS, seed=0):
     """Positive and negative query x gallery pair distances (pairs defined in the module docstring).
 
@@ -191,7 +191,7 @@ def separation_from_distances(pos, neg):
     }
 
 
-def separation_figures(query_emb, gallery_emb, q_pids, g_pids, q_camids, g_camids, *, metric="euclidean",
+def separation_figures(query_emb, gallery_emb, q_pids, g_pids, q_camids, g_camids, *, metric=EUCLIDEAN,
                        normalize=False, max_pairs=DEFAULT_MAX_PAIRS, seed=0):
     """`separation_from_distances` of `pair_distances` (same arguments), plus the pair counts and `sampled`.
 

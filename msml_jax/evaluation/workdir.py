@@ -15,6 +15,7 @@ from flax import traverse_util
 
 from msml_jax import records, sharding
 from msml_jax.checkpoint import check_model_fields, find_checkpoint, restore_checkpoint
+from msml_jax.distances import COSINE
 from msml_jax.errors import UserError
 from msml_jax.evaluation.evaluator import SEPARATION_MAX_PAIRS, EvalSettings, Evaluator
 from msml_jax.evaluation.report import format_table
@@ -175,7 +176,7 @@ def export_run(path, model, variables, config, step):
     from msml_jax.export import export_embedder
 
     settings = EvalSettings.from_config(config)
-    normalize = settings.normalize or settings.metric == "cosine"
+    normalize = settings.normalize or settings.metric == COSINE
     return export_embedder(path, model.apply, variables, tuple(config.data.image_size), metadata={
         "flip": settings.flip, "normalize": normalize, "distance": settings.metric, "model": config.model.name,
         "step": int(step)})
