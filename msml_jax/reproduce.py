@@ -28,10 +28,10 @@ import shutil
 import sys
 import time
 
+from msml_jax.config import FIELDS
 from msml_jax.errors import UserError, exit_on_user_error
 from msml_jax.evaluation.report import dataset_label, mean_std
 
-TEN_SPLIT_DATASETS = ("viper", "prid2011")
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # Fields that say where data lies, not what is trained: left out of a run's key.
 PATH_FIELDS = ("data.data_dir", "data.manual_dir")
@@ -253,12 +253,25 @@ def write_markdown(results_path, entries, header=""):
 # ---------------------------------------------------------------------------------------------- the runs
 
 
+def _is_ten_split(name):
+    """Whether dataset `name` is compared over random splits (its protocol's `trials`), not over seeds."""
+    from msml_jax.data import find_dataset
+
+    dataset = find_dataset(name) if name else None
+    return dataset is not None and dataset.trials > 1
+
+
+def _ten_split_names():
+    from msml_jax.data import dataset_names
+
+    return [name for name in dataset_names() if _is_ten_split(name)]
+
+
 def build_config(args):
     """(base config with every override applied, {field: value} of the overrides) from the parsed flags."""
     from msml_jax.config_files import load_config
 
-    config_path = args.config or os.path.join(CONFIGS, "viper.py" if args.dataset in TEN_SPLIT_DATASETS
-                                              else "synthetic.py")
+    config_path = args.config or os.path.join(CONFIGS, "viper.py" if _is_ten_split(args.dataset) else "synthetic.py")
     if not os.path.isfile(config_path):
         raise UserError(f"--config {config_path!r}: no such file")
     config = load_config(config_path)
@@ -393,7 +406,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with exit_on_user_error():
         table = args.table or args.dataset or (os.path.splitext(os.path.basename(args.results))[0]
-                                               if args.results else "synthetic")
+                                               if args.results else FIELDS["data.name"].default)
         results_path = args.results or os.path.join("docs", "results", f"{table}.jsonl")
         if args.table_only:
             entries = read_results(results_path)
@@ -407,9 +420,9 @@ def main(argv=None):
         if unknown or not losses:
             raise UserError(f"--losses {args.losses!r}: valid losses are {', '.join(registered)}")
         base, overrides = build_config(args)
-        ten_split = base.data.name in TEN_SPLIT_DATASETS
+        ten_split = _is_ten_split(base.data.name)
         if args.splits and not ten_split:
-            raise UserError(f"--splits is for {', '.join(TEN_SPLIT_DATASETS)}, not config.data.name="
+            raise UserError(f"--splits is for {', '.join(_ten_split_names())}, not config.data.name="
                             f"{base.data.name!r}: use --seeds")
         if ten_split and args.seeds:
             raise UserError(f"{base.data.name} is compared over its ten splits: use --splits (e.g. 0-9), not --seeds")

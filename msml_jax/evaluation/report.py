@@ -2,15 +2,19 @@
 
 import numpy as np
 
+from msml_jax.data import find_dataset
+
 COLUMNS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"), ("rank20", "rank-20"),
            ("mINP", "mINP"))
 
 
 def dataset_label(record):
-    """The record's dataset, with its protocol when not the dataset's only one: "cuhk03 (classic)"."""
-    label = record["dataset"]
-    if record.get("protocol") not in (None, "image", "tracklet", "ten_split"):
-        label += f" ({record['protocol']})"
+    """The record's dataset, with its protocol when the dataset has several (or is not registered here):
+    "cuhk03 (classic)"."""
+    label, protocol = record["dataset"], record.get("protocol")
+    dataset = find_dataset(label)
+    if protocol is not None and (dataset is None or len(dataset.protocols) > 1):
+        label += f" ({protocol})"
     return label
 
 
