@@ -101,6 +101,11 @@ def _dataset_names():
     return dataset_names()
 
 
+def _smallest_backbone():
+    """The registered backbone of smallest stride (the small CPU ResNet): the example of config.model.name."""
+    return min(sorted(_backbones().values(), key=lambda b: b.name), key=lambda b: b.stride).name
+
+
 def _backbones():
     from msml_jax import models
 
@@ -117,6 +122,12 @@ def _preprocessings():
     from msml_jax import models
 
     return models.PREPROCESSING
+
+
+def _ranking_metrics():
+    from msml_jax.distances import RANKING_METRICS
+
+    return RANKING_METRICS
 
 
 def _losses():
@@ -182,19 +193,14 @@ STEPS = Int(1, MAX_STEPS)
 IMAGE_SIDE = Int(1, MAX_IMAGE_SIDE)
 
 # Every field a run reads, dotted as on the command line; `default` is what an absent field means (and, for the
-# required ones, the reference value of configs/synthetic.py, shown in fixes).
+# required ones, the reference value of configs/synthetic.py, shown in fixes: the first registered dataset, the
+# smallest backbone, the paper's loss). A dataset's own options (`Dataset.options`, e.g. the synthetic benchmark's
+# sizes) are fields too, `data.<dataset>.<option>`: `all_fields()` has them all.
 FIELDS = {
     "seed": Field(Int(0, 2**32 - 1), 0, True),
     "dtype": Field(Choice("float32", "bfloat16"), "float32", True),
-    "data.name": Field(Choice(registry=_dataset_names), "synthetic", True),
+    "data.name": Field(Choice(registry=_dataset_names), lambda: _dataset_names()[0], True),
     "data.seed": Field(Int(0, 2**32 - 1), 0, True),
-    "data.synthetic.num_train_ids": Field(POSITIVE, 300),
-    "data.synthetic.num_test_ids": Field(POSITIVE, 100),
-    "data.synthetic.num_distractors": Field(Int(0, MAX_SIZE), 100),
-    "data.synthetic.num_cameras": Field(Int(2, 1000), 4),
-    "data.synthetic.images_per_camera": Field(Pair(Int(1, 1000), ordered=True, what="a range"), (1, 3)),
-    "data.synthetic.image_size": Field(Pair(IMAGE_SIDE, what="(height, width)"), (64, 32)),
-    "data.synthetic.occlusion_prob": Field(PROB, 0.2),
     "data.image_size": Field(Pair(IMAGE_SIDE, what="(height, width)"), (64, 32), True),
     "data.flip": Field(Bool(), True),
     "data.shift": Field(Float(0.0, 1.0, high_open=True), 0.0),
@@ -212,7 +218,7 @@ FIELDS = {
     "data.trial": Field(Int(0, TRIALS - 1), 0),
     "data.protocol": Field(Str(), ""),
     "data.num_threads": Field(Int(1, 1024, optional=True), None),
-    "model.name": Field(Choice(registry=lambda: sorted(_backbones())), "small_resnet", True),
+    "model.name": Field(Choice(registry=lambda: sorted(_backbones())), lambda: _smallest_backbone(), True),
     "model.embed_dim": Field(Int(1, 65536), 128, True),
     "model.last_stride": Field(Choice(1, 2), 2, True),
     "model.pretrained": Field(Str(), ""),
@@ -249,14 +255,30 @@ FIELDS = {
     "checkpoint_every_epochs": Field(Int(0, MAX_STEPS), 0),
     "eval_every_epochs": Field(Int(0, MAX_STEPS), 0),
     "eval.flip": Field(Bool(), False),
-    "eval.metric": Field(Choice("euclidean", "cosine"), "euclidean"),
+    "eval.metric": Field(Choice(registry=_ranking_metrics), lambda: _ranking_metrics()[0]),
     "eval.pooling": Field(Choice("avg", "max"), "avg"),
     "eval.rerank": Field(Bool(), False),
     "eval.k1": Field(Int(1, 10000), 20),
     "eval.k2": Field(Int(1, 10000), 6),
     "eval.lambda_value": Field(PROB, 0.3),
 }
-GROUPS = frozenset({"data", "data.synthetic", "model", "eval"})
+GROUPS = frozenset({"data", "model", "eval"})
+
+
+def _dataset_options():
+    """{data.<dataset>.<option>: Field} of the registered datasets' own options."""
+    from msml_jax.data import DATASETS
+
+    return {f"data.{d.name}.{option}": field for d in DATASETS.values() for option, field in d.options.items()}
+
+
+def all_fields():
+    """FIELDS and the registered datasets' options: every field a config may set."""
+    return {**FIELDS, **_dataset_options()}
+
+
+def _groups():
+    return GROUPS | {name.rsplit(".", 1)[0] for name in _dataset_options()}
 
 
 # ---- Reading a config ----
@@ -273,7 +295,7 @@ def _walk(tree, prefix=""):
     """(dotted name, value) of every leaf of a nested dict; a group given as a plain value is a leaf too."""
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and name in GROUPS:
+        if isinstance(value, dict) and name in _groups():
             yield from _walk(value, name + ".")
         else:
             yield name, value
@@ -293,7 +315,7 @@ _MISSING = object()
 
 def closest_fields(name, candidates=None):
     """Up to 3 valid dotted field names closest to `name` (difflib), best first."""
-    candidates = sorted(FIELDS) if candidates is None else sorted(candidates)
+    candidates = sorted(all_fields()) if candidates is None else sorted(candidates)
     matches = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
     if not matches:  # a typo in the last part only: compare the leaf names
         leaf = name.rsplit(".", 1)[-1]
@@ -307,14 +329,14 @@ def _unknown(name, candidates=None, where="the config"):
     if matches:
         return UserError(f"unknown field config.{name} in {where}: did you mean config.{matches[0]}?")
     group = name.rsplit(".", 1)[0] if "." in name else ""
-    siblings = sorted(f.rsplit(".", 1)[-1] for f in (FIELDS if candidates is None else candidates)
+    siblings = sorted(f.rsplit(".", 1)[-1] for f in (all_fields() if candidates is None else candidates)
                       if (f.rsplit(".", 1)[0] if "." in f else "") == group)
     return UserError(f"unknown field config.{name} in {where}: remove it; the fields of "
                      f"config{'.' + group if group else ''} are {', '.join(siblings)}")
 
 
 def _fail(name, value, want):
-    default = FIELDS[name].default
+    default = all_fields()[name].default
     if isinstance(default, tuple):
         example = f'--config.{name}="{default}"'
     elif isinstance(default, str):
@@ -336,14 +358,15 @@ def validate_config(config):
     margin only with msml / trihard, the image size against the backbone's stride, the protocol against the
     datasets, k2 <= k1, ...). Reads nothing from disk.
     """
+    fields = all_fields()
     tree = _as_dict(config)
     for name, _ in _walk(tree):
-        if name not in FIELDS:
-            if name in GROUPS:
+        if name not in fields:
+            if name in _groups():
                 raise UserError(f"config.{name} must be a group of fields (a ConfigDict), got {_get(tree, name)!r}")
             raise _unknown(name)
     values = {}
-    for name, field in FIELDS.items():
+    for name, field in fields.items():
         value = _get(tree, name)
         if value is _MISSING:
             if field.required:

@@ -30,6 +30,8 @@ class Dataset:
     trials: random splits its protocol has (VIPeR, PRID2011: 10; `config.data.trial` picks one, the records name
       it, eval.py summarises several); 1: one fixed split.
     reads_files: whether it reads prepared files from `config.data.data_dir` (False: made in memory).
+    options: {option: msml_jax.config.Field} of its own settings, read from `config.data.<name>.<option>` and
+      checked with the rest of the config (the synthetic benchmark's sizes).
     """
 
     name: str
@@ -37,6 +39,7 @@ class Dataset:
     protocols: Mapping[str, str]
     trials: int = 1
     reads_files: bool = True
+    options: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
     @property
     def default_protocol(self):

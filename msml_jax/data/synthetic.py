@@ -22,6 +22,7 @@ import dataclasses
 
 import numpy as np
 
+from msml_jax import config as schema
 from msml_jax.data.registry import Dataset, register_dataset
 from msml_jax.errors import UserError
 
@@ -236,16 +237,29 @@ def make_synthetic(seed=0, spec=SyntheticSpec()):
     }
 
 
+# The benchmark's sizes as config fields, config.data.synthetic.<field> (defaults: SyntheticSpec's).
+_KINDS = {
+    "num_train_ids": schema.POSITIVE,
+    "num_test_ids": schema.POSITIVE,
+    "num_distractors": schema.Int(0, schema.MAX_SIZE),
+    "num_cameras": schema.Int(2, 1000),
+    "images_per_camera": schema.Pair(schema.Int(1, 1000), ordered=True, what="a range"),
+    "image_size": schema.Pair(schema.IMAGE_SIDE, what="(height, width)"),
+    "occlusion_prob": schema.PROB,
+}
+OPTIONS = {f.name: schema.Field(_KINDS[f.name], f.default) for f in dataclasses.fields(SyntheticSpec)}
+
+
 def load_from_config(data_config, protocol=None):
     """The benchmark of a run's `config.data`: its `seed` and the SyntheticSpec fields in `config.data.synthetic`."""
     options = data_config.get("synthetic")
     options = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
-    valid = {f.name for f in dataclasses.fields(SyntheticSpec)}
-    unknown = sorted(set(options) - valid)
+    unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise UserError(f"unknown field(s) {unknown} in config.data.synthetic: valid fields are {sorted(valid)}")
+        raise UserError(f"unknown field(s) {unknown} in config.data.synthetic: valid fields are {sorted(OPTIONS)}")
     spec = SyntheticSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
     return make_synthetic(data_config.seed, spec)
 
 
-register_dataset(Dataset("synthetic", load=load_from_config, protocols={"image": "image"}, reads_files=False))
+register_dataset(Dataset("synthetic", load=load_from_config, protocols={"image": "image"}, reads_files=False,
+                         options=OPTIONS))
