@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.train_throughput import base_config  # noqa: E402
 from msml_jax import sharding  # noqa: E402
-from msml_jax.models import get_model  # noqa: E402
+from msml_jax.models import get_model, init_variables  # noqa: E402
 from msml_jax.training import steps  # noqa: E402
 from msml_jax.training.trainer import jit_train_step  # noqa: E402
 
@@ -47,7 +47,7 @@ def main(argv=None):
     mesh = sharding.make_mesh()
     model = get_model(args.backbone, args.num_classes, embed_dim=args.embed_dim, dtype=args.dtype)
     state = sharding.replicate(steps.create_train_state(
-        model, config, steps.init_variables(model, size, jax.random.key(0))), mesh)
+        model, config, init_variables(model, size, jax.random.key(0))), mesh)
     step_fn = jit_train_step(config, mesh)
     rng = np.random.default_rng(0)
     pool = [rng.integers(0, 256, (args.batch, *size, 3), np.uint8) for _ in range(4)]

@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run as a script from anywhere
 
 from msml_jax.config_files import load_config  # noqa: E402
-from msml_jax.models import get_model  # noqa: E402
+from msml_jax.models import get_model, init_variables  # noqa: E402
 from msml_jax.training import steps  # noqa: E402
 
 # Dense peak FLOP/s by device kind substring and dtype (vendor datasheets; float32 = TF32 tensor cores on NVIDIA).
@@ -83,7 +83,7 @@ def measure(name, size, dtype, batch, k, num_classes, embed_dim, num_steps, warm
     config.dtype = dtype
     config.P, config.K, config.batch_size = batch // k, k, batch
     model = get_model(name, num_classes, embed_dim=embed_dim, dtype=dtype)
-    variables = steps.init_variables(model, size, jax.random.key(0))
+    variables = init_variables(model, size, jax.random.key(0))
     state = steps.create_train_state(model, config, variables)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (batch, *size, 3), np.uint8))

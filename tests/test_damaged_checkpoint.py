@@ -18,7 +18,7 @@ import pytest
 
 from msml_jax.data import load_datasets
 from msml_jax.errors import UserError
-from msml_jax.models import model_from_config
+from msml_jax.models import init_variables, model_from_config
 from msml_jax import sharding as parallel
 from msml_jax import checkpoint
 from msml_jax.training import steps
@@ -75,7 +75,7 @@ def run(tmp_path_factory):
     train_and_evaluate(config, workdir)
     train, _ = load_datasets(config.data)
     model = model_from_config(config, len(np.unique(train["pids"])))
-    variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
+    variables = init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
     template = parallel.replicate(steps.create_train_state(model, config, variables), parallel.make_mesh())
     return config, workdir, template, {step: _raw_state(workdir, step) for step in (3, 6)}
 

@@ -28,10 +28,11 @@ def _trajectory(mesh, config, model, batches, gallery):
     import jax
 
     from msml_jax.evaluation.retrieval import embed_split, embed_step, jit_embed_fn
+    from msml_jax.models import init_variables
     from msml_jax.training import steps
     from msml_jax.training.trainer import jit_train_step
 
-    variables = steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
+    variables = init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
     state = sharding.replicate(steps.create_train_state(model, config, variables), mesh)
     train_step = jit_train_step(config, mesh)
     losses, mined = [], []

@@ -292,6 +292,7 @@ def _loss_trajectory(config, num_steps):
     from msml_jax.data.sampling import PKSampler
     from msml_jax.models import model_from_config
     from msml_jax import sharding
+    from msml_jax.models import init_variables
     from msml_jax.training import steps as train_steps
     from msml_jax.training.trainer import jit_train_step
 
@@ -299,7 +300,7 @@ def _loss_trajectory(config, num_steps):
     model = model_from_config(config, len(np.unique(train["pids"])))
     sampler = PKSampler(train["pids"], config.P, config.K, config.seed)
     mesh = sharding.make_mesh(jax.devices()[:1])
-    variables = train_steps.init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
+    variables = init_variables(model, tuple(config.data.image_size), jax.random.PRNGKey(config.seed))
     state = sharding.replicate(train_steps.create_train_state(model, config, variables), mesh)
     step_fn = jit_train_step(config, mesh)
     losses = []

@@ -14,7 +14,6 @@ from flax.training import train_state
 
 from msml_jax import losses
 from msml_jax.distances import l2_normalize, pairwise_distance
-from msml_jax.models import init_variables  # noqa: F401  (re-exported: the trainer's tests and benchmarks use it)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from msml_jax import sharding
 from msml_jax.data import load_datasets
 from msml_jax.data.sampling import PKSampler
 from msml_jax.evaluation.evaluator import EvalSettings, Evaluator
-from msml_jax.models import load_pretrained, model_from_config
+from msml_jax.models import init_variables, load_pretrained, model_from_config
 from msml_jax.training import steps
 from msml_jax.training.schedule import resolve_epochs
 from msml_jax.config import validate_config
@@ -76,11 +76,11 @@ def init_state(model, config, mesh):
     key = jax.random.PRNGKey(config.seed)
     if not config.model.get("pretrained"):
         def create(key):
-            return steps.create_train_state(model, config, steps.init_variables(model, tuple(config.data.image_size),
+            return steps.create_train_state(model, config, init_variables(model, tuple(config.data.image_size),
                                                                                 key))
 
         return jax.jit(create, out_shardings=repl)(key)
-    variables = load_pretrained(steps.init_variables(model, tuple(config.data.image_size), key), config.model)
+    variables = load_pretrained(init_variables(model, tuple(config.data.image_size), key), config.model)
     variables = sharding.replicate(jax.device_get(variables), mesh)
     return jax.jit(functools.partial(steps.create_train_state, model, config), out_shardings=repl)(variables)
 
