@@ -6,14 +6,13 @@ each run; ten-split datasets (VIPeR, PRID2011) trained one run per split get a m
 """
 
 import glob
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from msml_jax import cli
 from msml_jax.distances import RANKING_METRICS
-from msml_jax.errors import UserError, exit_on_user_error
-from msml_jax.config import check_config_flags
+from msml_jax.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Optional: a config to evaluate with instead of the checkpoint's.")
 flags.DEFINE_list("workdir", None, "Run directory (or several, comma-separated; globs allowed) written by train.py.")
@@ -43,30 +42,26 @@ def _workdirs(patterns):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    """Runs behind the gate (msml_jax.cli): flags parsed, the config file and overrides checked."""
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
-    with exit_on_user_error():
-        from msml_jax.evaluation.report import format_table, ten_split_summaries
-        from msml_jax.evaluation.workdir import evaluate_run
+    from msml_jax.evaluation.report import format_table, ten_split_summaries
+    from msml_jax.evaluation.workdir import evaluate_run
 
-        FLAGS = flags.FLAGS
-        workdirs = _workdirs(FLAGS.workdir)
-        for name in ("save_features", "visualize", "export"):
-            if FLAGS[name].value and len(workdirs) > 1:
-                raise UserError(f"--{name} takes one --workdir: evaluate the runs one at a time for it")
-        rerank = {"rerank": FLAGS.rerank, "k1": FLAGS.rerank_k1, "k2": FLAGS.rerank_k2,
-                  "lambda_value": FLAGS.rerank_lambda}
-        records = []
-        for workdir in workdirs:
-            records += evaluate_run(workdir, FLAGS.config, FLAGS.checkpoint, FLAGS.dataset, FLAGS.protocol,
-                                    FLAGS.flip, FLAGS.metric, FLAGS.save_features, FLAGS.visualize, FLAGS.export,
-                                    rerank)
-        if len(workdirs) > 1 and ten_split_summaries(records):
-            print("\nover the runs:\n" + format_table(records), flush=True)
+    FLAGS = flags.FLAGS
+    workdirs = _workdirs(FLAGS.workdir)
+    for name in ("save_features", "visualize", "export"):
+        if FLAGS[name].value and len(workdirs) > 1:
+            raise UserError(f"--{name} takes one --workdir: evaluate the runs one at a time for it")
+    rerank = {"rerank": FLAGS.rerank, "k1": FLAGS.rerank_k1, "k2": FLAGS.rerank_k2,
+              "lambda_value": FLAGS.rerank_lambda}
+    records = []
+    for workdir in workdirs:
+        records += evaluate_run(workdir, FLAGS.config, FLAGS.checkpoint, FLAGS.dataset, FLAGS.protocol,
+                                FLAGS.flip, FLAGS.metric, FLAGS.save_features, FLAGS.visualize, FLAGS.export,
+                                rerank)
+    if len(workdirs) > 1 and ten_split_summaries(records):
+        print("\nover the runs:\n" + format_table(records), flush=True)
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
-        check_config_flags(sys.argv)  # an unknown --config.FIELD is an ml_collections traceback in app.run
-    app.run(main)
+    cli.run(main)

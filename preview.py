@@ -6,10 +6,11 @@ the trainer would for that step (msml_jax/data/preview.py).
 
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from msml_jax.errors import UserError, exit_on_user_error
+from msml_jax import cli
+from msml_jax.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
 flags.DEFINE_string("out", None, "Path of the PNG to write.")
@@ -21,24 +22,22 @@ flags.mark_flags_as_required(["config", "out"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    with exit_on_user_error():
-        import tensorflow as tf
+    """Runs behind the gate (msml_jax.cli): flags parsed, the config file and overrides checked."""
+    import tensorflow as tf
 
-        from msml_jax.data.preview import grid, preview
+    from msml_jax.data.preview import grid, preview
 
-        out = flags.FLAGS.out
-        if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
-            raise UserError(f"--out={out}: folder {os.path.dirname(out)} does not exist; create it first")
-        before, after = preview(flags.FLAGS.config, flags.FLAGS.step, flags.FLAGS.num_images)
-        image = grid(before, after, min(flags.FLAGS.per_row, len(before)), flags.FLAGS.scale)
-        tmp = out + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(tf.io.encode_png(image).numpy())
-        os.replace(tmp, out)  # never a half-written PNG
-        print(f"wrote {out}: step {flags.FLAGS.step}, {len(before)} images, top rows as loaded, bottom rows augmented")
+    out = flags.FLAGS.out
+    if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
+        raise UserError(f"--out={out}: folder {os.path.dirname(out)} does not exist; create it first")
+    before, after = preview(flags.FLAGS.config, flags.FLAGS.step, flags.FLAGS.num_images)
+    image = grid(before, after, min(flags.FLAGS.per_row, len(before)), flags.FLAGS.scale)
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(tf.io.encode_png(image).numpy())
+    os.replace(tmp, out)  # never a half-written PNG
+    print(f"wrote {out}: step {flags.FLAGS.step}, {len(before)} images, top rows as loaded, bottom rows augmented")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -496,9 +496,44 @@ def check_paths(config, workdir):
 # ---- Command lines ----
 
 
+def load_config_file(path):
+    """The ConfigDict of `--config PATH[:ARG]`, or a UserError naming the file and what is wrong with it: missing,
+    a folder, a syntax error, no get_config, an exception in it, or something other than a config returned."""
+    import ml_collections
+
+    file, _, arg = path.partition(":")
+    example = "name a config file, e.g. --config configs/synthetic.py"
+    if not os.path.exists(file):
+        raise UserError(f"--config {path}: no such file: {example}")
+    if not os.path.isfile(file) or not file.endswith(".py"):
+        raise UserError(f"--config {path}: not a Python file: {example}")
+    from msml_jax.config_files import load_config
+
+    try:
+        config = load_config(file, arg or None)
+    except SyntaxError as e:
+        raise UserError(f"--config {path}: Python syntax error at line {e.lineno}: {e.msg}: fix the file") from None
+    except ValueError as e:  # a parameterized config's own message (configs/paper.py:DATASET,BACKBONE,LOSS)
+        raise UserError(str(e)) from None
+    except AttributeError as e:
+        if "get_config" in str(e):
+            raise UserError(f"--config {path}: the file has no get_config(): a config file defines get_config() "
+                            f"returning an ml_collections.ConfigDict, as configs/synthetic.py does") from None
+        raise UserError(f"--config {path}: get_config() failed: {type(e).__name__}: {e}: fix the file") from None
+    except TypeError as e:
+        raise UserError(f"--config {path}: get_config() failed: {e}"
+                        + (": this config takes no argument after ':'" if arg else ": fix the file")) from None
+    except Exception as e:  # the user's own code: any error it raises is theirs to fix
+        raise UserError(f"--config {path}: get_config() failed: {type(e).__name__}: {e}: fix the file") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(f"--config {path}: get_config() returned {type(config).__name__}, not an "
+                        f"ml_collections.ConfigDict: return the config, as configs/synthetic.py does")
+    return config
+
+
 def check_config_flags(argv):
-    """UserError for a --config.FIELD=VALUE override naming no field of the --config file, or with a value that
-    field's type cannot parse (--config.P=abc).
+    """UserError for a --config file that cannot be loaded (`load_config_file`), a --config.FIELD=VALUE override
+    naming no field of it, given twice, or with a value that field's type cannot parse (--config.P=abc).
 
     ml_collections would stop on the first with an AttributeError traceback and on the second with absl's "FATAL
     Flags parsing error" (exit 1) while parsing flags, before any entry point runs; call this first (see train.py).
@@ -517,17 +552,16 @@ def check_config_flags(argv):
                 values[name] = value
             elif arg.startswith("--config.") and i + 1 < len(args) and not args[i + 1].startswith("--"):
                 values[name] = args[i + 1]  # --config.P 8
-    if not path or not overrides:
+    twice = sorted({name for name in overrides if overrides.count(name) > 1})
+    if twice:
+        raise UserError(f"--config.{twice[0]} is given twice: give each field once (a tuple given twice would be "
+                        f"joined, not replaced)")
+    if not path:
         return
-    file, _, arg = path.partition(":")
-    if not os.path.isfile(file):
-        raise UserError(f"--config {path}: no such file: name a config file, e.g. --config configs/synthetic.py")
-    from msml_jax.config_files import load_config
-
-    try:
-        config = load_config(file, arg or None)
-    except ValueError as e:  # a parameterized config's own message (configs/paper.py:DATASET,BACKBONE,LOSS)
-        raise UserError(str(e)) from None
+    config = load_config_file(path)
+    if not overrides:
+        return
+    file = path.partition(":")[0]
     tree = _as_dict(config)
     present = {name for name, _ in _walk(tree)}
     for name in overrides:

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from msml_jax import records, sharding
+from msml_jax import outputs, records, sharding
 from msml_jax.checkpoint import check_model_fields, find_checkpoint, restore_checkpoint
 from msml_jax.distances import COSINE
 from msml_jax.errors import UserError
@@ -77,22 +77,15 @@ def apply_eval_options(config, datasets=None, protocol=None, flip=None, metric=N
 
 
 def save_features(path, features):
-    """Writes the features of every evaluated dataset to one `.npz`: `<dataset>/<query|gallery>/<field>` arrays.
+    """Writes the features of every evaluated dataset to one `.npz` (atomically): `<dataset>/<query|gallery>/<field>`
+    arrays.
 
     Fields: embeddings float32 [N, D], pids, camids and, when the dataset has them, tracklet and file_name.
     """
     arrays = {f"{name}/{part}/{field}": np.asarray(value) for name, parts in features.items()
               for part, values in parts.items() for field, value in values.items()}
-    np.savez(path, **{k: (v.astype(str) if v.dtype == object else v) for k, v in arrays.items()})
-
-
-def check_output_path(path, suffix):
-    """UserError when `path` cannot be written: its folder does not exist, or it lacks `suffix`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UserError(f"cannot write {path}: the folder {folder} does not exist; create it or choose another path")
-    if not path.endswith(suffix):
-        raise UserError(f"{path}: the file name must end in {suffix}")
+    with outputs.atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{k: (v.astype(str) if v.dtype == object else v) for k, v in arrays.items()})
 
 
 def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, protocol=None, flip=None, metric=None,
@@ -106,12 +99,13 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
     from msml_jax.config import validate_config
     from msml_jax.data import load_eval_sets
 
+    # Every output checked before anything is read or written; each written atomically, the records last.
     if features_path:
-        check_output_path(features_path, ".npz")
+        outputs.check_file(features_path, "--save_features", ".npz")
     if export_path:
-        check_output_path(export_path, "")
-    if visualize_dir and not os.path.isdir(os.path.dirname(os.path.abspath(visualize_dir))):
-        raise UserError(f"--visualize={visualize_dir}: its parent folder does not exist; create it first")
+        outputs.check_file(export_path, "--export")
+    if visualize_dir:
+        outputs.check_folder(visualize_dir, "--visualize")
     config, model, variables, step = load_run(workdir, config, checkpoint)
     config = apply_eval_options(config, datasets, protocol, flip, metric, rerank)
     validate_config(config)
@@ -121,17 +115,28 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
     features = evaluator.features(sharding.replicate(variables, mesh))
     results = [{**r, "checkpoint": str(checkpoint)} for r in evaluator.score(features, step)]
     if jax.process_index() == 0:
+        written = []
         if features_path:
             save_features(features_path, features)
+            written.append(features_path)
+        if visualize_dir:
+            with outputs.atomic_folder(visualize_dir) as folder:
+                drawn = draw_run(folder, workdir, eval_sets, features, config, step)
+            written += [os.path.join(visualize_dir, os.path.basename(path)) for path in drawn]
+        if export_path:
+            with outputs.atomic_file(export_path) as tmp, outputs.atomic_file(export_path + ".json") as tmp_json:
+                try:
+                    export_run(tmp, model, variables, config, step)  # writes tmp and tmp.json
+                    os.replace(tmp + ".json", tmp_json)
+                finally:
+                    if os.path.exists(tmp + ".json"):
+                        os.remove(tmp + ".json")
+            written += [export_path, export_path + ".json"]
         for record in results:
             records.append(workdir, record)
         print(format_table(results), flush=True)
-        if visualize_dir:
-            for path in draw_run(visualize_dir, workdir, eval_sets, features, config, step):
-                print(f"wrote {path}", flush=True)
-        if export_path:
-            export_run(export_path, model, variables, config, step)
-            print(f"wrote {export_path} and {export_path}.json", flush=True)
+        for path in written:
+            print(f"wrote {path}", flush=True)
     return results
 
 
