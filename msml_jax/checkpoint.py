@@ -308,7 +308,7 @@ def _json_items(step_dir):
     return saved_config, position
 
 
-def _restore_step(manager, step, state=None, config=None):
+def restore_step(manager, step, state=None, config=None):
     """(state, saved config dict) of one step; DamagedCheckpoint on damage, UserError on another model.
 
     `state` None: the saved state dict of numpy arrays, read without a target structure (eval.py); otherwise
@@ -365,7 +365,7 @@ def restore_latest_intact(manager, state, config=None):
     damaged = []
     for candidate in steps:
         try:
-            restored, _ = _restore_step(manager, candidate, state, config)
+            restored, _ = restore_step(manager, candidate, state, config)
         except DamagedCheckpoint as e:
             damaged.append((candidate, str(e)))
             continue
@@ -428,7 +428,7 @@ def restore_checkpoint(directory, step):
     """
     manager = _reader(directory)
     try:
-        state, saved_config = _restore_step(manager, step)
+        state, saved_config = restore_step(manager, step)
     except DamagedCheckpoint as e:
         others = [str(s) for s in sorted(manager.all_steps(), reverse=True) if s != step]
         pick = (f"evaluate another one with --checkpoint {others[0]} (checkpoints present: {', '.join(others)})"

@@ -45,8 +45,8 @@ def read(path):
 def rewind(workdir, step, final_step):
     """Drops the records written after checkpoint `step` (they will be written again), atomically.
 
-    Kept: train records up to `step`, evaluations before `step`, and the evaluation at `step` unless it is the
-    final one (a resumed run repeats the final evaluation). The file then reads as an uninterrupted run's. An
+    Kept: every record eval.py wrote (it has a `checkpoint`), train records up to `step`, evaluations before `step`,
+    and the evaluation at `step` unless it is the final one (a resumed run repeats the final evaluation). The file then reads as an uninterrupted run's. An
     unreadable line (a write cut short) is dropped with a warning.
     """
     path = metrics_path(workdir)
@@ -54,6 +54,8 @@ def rewind(workdir, step, final_step):
         return
 
     def keep(r):
+        if "checkpoint" in r:  # eval.py's: the trainer did not write it and never writes it again
+            return True
         if "dataset" in r:
             return r["step"] < step or (r["step"] == step and step < final_step)
         return r["step"] <= step

@@ -32,7 +32,7 @@ class PKSampler:
             )
         order = np.argsort(inverse, kind="stable")
         counts = np.bincount(inverse, minlength=len(self.identities))
-        self._images_of = np.split(order, np.cumsum(counts)[:-1])  # image indices per identity
+        self.images_of = np.split(order, np.cumsum(counts)[:-1])  # image indices of each identity (in `identities` order)
         self.steps_per_epoch = len(self.identities) // self.P
 
     @functools.lru_cache(maxsize=2)
@@ -45,6 +45,6 @@ class PKSampler:
         chosen = self._identity_order(epoch)[within * self.P : (within + 1) * self.P]
         rng = np.random.default_rng([self.seed, epoch, within])
         return np.concatenate([
-            rng.choice(self._images_of[i], self.K, replace=len(self._images_of[i]) < self.K)
+            rng.choice(self.images_of[i], self.K, replace=len(self.images_of[i]) < self.K)
             for i in chosen
         ]).astype(np.int64)

@@ -5,6 +5,7 @@ while every process takes part in checkpoints (Orbax coordinates them) and in th
 """
 
 import collections
+import contextlib
 import os
 import signal
 import time
@@ -13,13 +14,14 @@ import jax
 import numpy as np
 import tqdm
 
-from msml_jax import checkpoint, sharding
-from msml_jax.errors import UserError
+from msml_jax import checkpoint, records, sharding
+from msml_jax.config import check_paths
+from msml_jax.errors import Interrupted, UserError, warn
 from msml_jax.evaluation.report import format_table
+from msml_jax.lock import WorkdirLock
 from msml_jax.training import steps
 from msml_jax.training.trainer import create_trainer
 from msml_jax.training.writer import MetricWriter
-from msml_jax.config import check_paths
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a process stopped by SIGTERM
 
@@ -139,14 +141,15 @@ def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard
     evaluations (benchmarks); `tensorboard=False` writes metrics.jsonl only; `validated`: the caller has validated
     `config` and checked `workdir` already (train.py's gate), so they are not checked twice.
 
-    Raises UserError on a config mistake, on a config different from the checkpoint's, and on a NaN/Inf loss;
-    Preempted after saving a checkpoint on SIGTERM.
+    One training at a time holds the workdir (`lock.WorkdirLock`). A finished run restarted trains nothing.
+
+    Raises UserError on a config mistake, on a config different from the checkpoint's, on a workdir in use and on a
+    NaN/Inf loss; Preempted after saving a checkpoint on SIGTERM; errors.Interrupted on Ctrl-C (after the pending
+    checkpoint is committed).
     """
     if not validated:
         check_paths(config, workdir)
     trainer = create_trainer(config, validated=validated)
-    config, mesh, per_epoch = trainer.config, trainer.mesh, trainer.per_epoch
-    is_main = jax.process_index() == 0
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     # Refuse a changed config before writing anything. Every process looks before any creates the directory.
     resuming = os.path.isdir(checkpoint_dir)
@@ -155,37 +158,116 @@ def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard
         reader = checkpoint.checkpoint_manager(workdir, create=False)
         saved = checkpoint.latest_readable_config(reader)
         if saved is not None:
-            checkpoint.check_config_unchanged(saved, config, checkpoint_dir)
+            checkpoint.check_config_unchanged(saved, trainer.config, checkpoint_dir)
         reader.close()
+    if jax.process_index() == 0:
+        _warn_if_likely_wrong(trainer)
+    with _workdir_lock(workdir):
+        return _train(trainer, workdir, batches, evaluate, tensorboard)
 
-    os.makedirs(workdir, exist_ok=True)
+
+def _warn_if_likely_wrong(trainer):
+    """One warning line for each legal setting that is probably not what the user meant."""
+    config = trainer.config
+    late = [int(b) for b in config.lr_boundaries if int(b) >= config.num_train_steps]
+    if late:
+        warn(f"config.lr_boundaries={tuple(config.lr_boundaries)} has {late} at or past config.num_train_steps="
+             f"{config.num_train_steps}: the learning rate never decays there; scale the boundaries with the run")
+    counts = np.array([len(images) for images in trainer.sampler.images_of])
+    few = int(np.sum(counts < config.K))
+    if few:
+        warn(f"{few} of {len(counts)} training identities have fewer than config.K={config.K} images (the fewest: "
+             f"{counts.min()}): their images are drawn with replacement, so a batch repeats some")
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir):
+    """Holds `workdir`'s lock for the run (process 0 takes it; every process learns whether it got it)."""
+    lock, refused = WorkdirLock(workdir), None
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except UserError as e:
+            refused = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        held = int(multihost_utils.broadcast_one_to_all(np.int32(refused is None)))
+        if not held and refused is None:
+            refused = UserError(f"{workdir} is in use by another training (process 0 says by whom)")
+    if refused is not None:
+        raise refused
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _best_evaluated_step(workdir, upto):
+    """The training-evaluated step in (0, upto] of highest mean mAP in the run's records (None: none)."""
+    path = records.metrics_path(workdir)
+    if not os.path.exists(path):
+        return None
+    by_step = collections.defaultdict(list)
+    for r in records.read(path)[0]:
+        if "dataset" in r and "checkpoint" not in r and "mAP" in r and 0 < r["step"] <= upto:
+            by_step[r["step"]].append(r["mAP"])
+    return max(by_step, key=lambda s: (float(np.mean(by_step[s])), -s)) if by_step else None
+
+
+def _final_records(workdir, step):
+    """The training's own evaluation records at `step` (eval.py's excluded), in file order."""
+    path = records.metrics_path(workdir)
+    if not os.path.exists(path):
+        return []
+    return [r for r in records.read(path)[0] if "dataset" in r and "checkpoint" not in r and r["step"] == step]
+
+
+def _train(trainer, workdir, batches, evaluate, tensorboard):
+    config, mesh, per_epoch = trainer.config, trainer.mesh, trainer.per_epoch
+    is_main = jax.process_index() == 0
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
     manager = checkpoint.checkpoint_manager(workdir, config.max_checkpoints)
     best = checkpoint.best_checkpoint_manager(workdir)
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=tensorboard)
     # The newest intact checkpoint; damaged newer ones are moved aside with a warning.
     trainer.state, start_step = checkpoint.restore_latest_intact(manager, trainer.state, config)
     start_step = start_step or 0
-    if start_step:
-        writer.rewind(start_step, config.num_train_steps)
-        if is_main:
-            print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)
-    eval_every = config.get("eval_every_steps", 0)
 
     def position(step):
         return {"step": int(step), "seed": int(config.seed), "epoch": int(step // per_epoch),
                 "steps_per_epoch": int(per_epoch)}
 
+    def close():
+        best.wait_until_finished()
+        best.close()
+        manager.close()
+        writer.close()
+
+    if start_step >= config.num_train_steps:  # a finished run: nothing to train, nothing rewritten
+        final = _final_records(workdir, start_step) if evaluate else []
+        if is_main:
+            more = "" if start_step == config.num_train_steps else f" (more than config.num_train_steps=" \
+                f"{config.num_train_steps}: raise it to train further)"
+            warn(f"the run in {workdir} has trained to step {start_step}{more}: nothing to train"
+                 + (f"; its final evaluation is run now (it had none)" if evaluate and not final else
+                    f"; evaluate it again with python eval.py --workdir {workdir}"))
+        if evaluate and not final:
+            final = _evaluate(trainer, writer, best, position, start_step)
+            if is_main:
+                print(format_table(final), flush=True)
+        close()
+        return final
+    if start_step:
+        writer.rewind(start_step, config.num_train_steps)
+        if is_main:
+            print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)
+        if evaluate:
+            _keep_best(trainer, manager, best, workdir, start_step, position)
+    eval_every = config.get("eval_every_steps", 0)
+
     def run_evaluation(step):
-        if not evaluate:
-            return []
-        records = trainer.evaluator(trainer.variables(), step)
-        for record in records:
-            writer.write(record)
-        writer.flush()
-        if step > 0 and step not in best.all_steps():
-            mean_map = float(np.mean([r["mAP"] for r in records]))
-            checkpoint.save(best, trainer.state, config, position(step), metrics={"mAP": mean_map})
-        return records
+        return _evaluate(trainer, writer, best, position, step) if evaluate else []
 
     records = []
     if start_step == 0:
@@ -237,6 +319,12 @@ def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard
                         f"stopped by SIGTERM after step {step}; its checkpoint is in {checkpoint_dir}: "
                         f"run the same command again to continue"
                     )
+    except KeyboardInterrupt:
+        manager.wait_until_finished()  # a checkpoint being written is committed, not cut in half
+        latest = manager.latest_step()
+        raise Interrupted(f"training stopped; the latest checkpoint is step {latest} in {checkpoint_dir}: run the "
+                          f"same command again to continue from it" if latest is not None else
+                          "training stopped before its first checkpoint: run the same command again to start over")
     finally:
         progress.close()
         manager.wait_until_finished()
@@ -246,8 +334,40 @@ def train_and_evaluate(config, workdir, batches=None, evaluate=True, tensorboard
     final = run_evaluation(int(jax.device_get(trainer.state.step)))
     if is_main and final:
         print(format_table(records + final), flush=True)
-    best.wait_until_finished()
-    best.close()
-    manager.close()
-    writer.close()
+    close()
     return final
+
+
+def _evaluate(trainer, writer, best, position, step):
+    """Evaluates the current state at `step`: a new best is committed to best/ before the records are written, so
+    records never name an evaluation that best/ did not take into account (whenever the run is killed)."""
+    results = trainer.evaluator(trainer.variables(), step)
+    if step > 0 and step not in best.all_steps():
+        mean_map = float(np.mean([r["mAP"] for r in results]))
+        checkpoint.save(best, trainer.state, trainer.config, position(step), metrics={"mAP": mean_map})
+        best.wait_until_finished()
+    for record in results:
+        writer.write(record)
+    writer.flush()
+    return results
+
+
+def _keep_best(trainer, manager, best, workdir, start_step, position):
+    """On resume: the evaluated step of highest mAP in the records goes to best/ if a kill left it out (a run of
+    the code before records waited for best/, or a lost write), from its checkpoint when one is kept."""
+    step = _best_evaluated_step(workdir, start_step)
+    if step is None or step in best.all_steps() or any(s > step for s in best.all_steps()):
+        return
+    if step == start_step:
+        state = trainer.state
+    elif step in manager.all_steps():
+        state, _ = checkpoint.restore_step(manager, step, trainer.state, trainer.config)
+    else:
+        warn(f"the best evaluation in {records.metrics_path(workdir)} (step {step}) is not in "
+             f"{os.path.join(workdir, 'best')} and its checkpoint is gone: best/ keeps the best of the others")
+        return
+    results = [r for r in records.read(records.metrics_path(workdir))[0]
+               if "dataset" in r and "checkpoint" not in r and r["step"] == step]
+    mean_map = float(np.mean([r["mAP"] for r in results]))
+    checkpoint.save(best, state, trainer.config, position(step), metrics={"mAP": mean_map}, force=True)
+    best.wait_until_finished()
