@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -183,3 +184,24 @@ def test_restarting_with_another_config_is_refused_naming_the_fields(runs):
     assert listing in message  # and nothing else: num_train_steps may change (lengthening a run)
     assert "--config.allow_config_change=True" in message
     assert sorted(os.listdir(whole)) == before
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_resume_stays_exact(runs, tmp_path):
+    """Ctrl-C (SIGINT) mid-run: the pending checkpoint is committed, one `interrupted:` line says where to continue,
+    exit code 130, no traceback; the same command then ends bitwise equal to the uninterrupted run."""
+    whole = runs[0]
+    stopped = str(tmp_path / "ctrl_c")
+    rc, output = _interrupt(stopped, signal.SIGINT, 15, after_checkpoint=10)
+    assert rc == 130, output[-3000:]
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1 and "the latest checkpoint is step" in lines[0], output[-3000:]
+    latest = int(lines[0].split("the latest checkpoint is step ")[1].split()[0])
+    assert latest >= 10 and checkpoint.checkpoint_manager(stopped, create=False).latest_step() == latest
+    result = _run(stopped)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _records(stopped) == _records(whole)
+    leaves = [jax.tree_util.tree_leaves(_final_state(w)) for w in (whole, stopped)]
+    assert len(leaves[0]) == len(leaves[1])
+    for x, y in zip(*leaves):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
