@@ -1,7 +1,7 @@
 """A PNG of one training batch before and after augmentation: python preview.py --config CONFIG --out batch.png
 
-Top rows: the batch of global step --step as decoded and resized; bottom rows: the same images augmented exactly as
-the trainer would for that step (msml_jax/data/preview.py).
+Rows in pairs: a row of the batch of global step --step as decoded and resized, then the row of the same images
+augmented exactly as the trainer would for that step (msml_jax/data/preview.py).
 """
 
 import os
@@ -37,7 +37,7 @@ def main(argv):
         with open(tmp, "wb") as f:
             f.write(tf.io.encode_png(image).numpy())
         os.replace(tmp, out)  # never a half-written PNG
-        print(f"wrote {out}: step {flags.FLAGS.step}, {len(before)} images, top rows as loaded, bottom rows augmented")
+        print(f"wrote {out}: step {flags.FLAGS.step}, {len(before)} images, rows in pairs: as loaded, then augmented")
 
 
 if __name__ == "__main__":
