@@ -1,15 +1,14 @@
 """A PNG of one training batch before and after augmentation: python preview.py --config CONFIG --out batch.png
 
-Top rows: the batch of global step --step as decoded and resized; bottom rows: the same images augmented exactly as
-the trainer would for that step (msml_jax/data/preview.py).
+Rows in pairs: a row of the batch of global step --step as decoded and resized, then the row of the same images
+augmented exactly as the trainer would for that step (msml_jax/data/preview.py).
 """
-
-import os
 
 from absl import flags
 from ml_collections import config_flags
 
-from msml_jax import cli
+from msml_jax import cli, outputs
+from msml_jax.config import validate_config
 from msml_jax.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
@@ -23,20 +22,24 @@ flags.mark_flags_as_required(["config", "out"])
 
 def main(argv):
     """Runs behind the gate (msml_jax.cli): flags parsed, the config file and overrides checked."""
+    FLAGS = flags.FLAGS
+    validate_config(FLAGS.config)
+    for name, low, high in (("step", 0, 10**9), ("num_images", 1, 4096), ("per_row", 1, 4096), ("scale", 1, 32)):
+        if not low <= FLAGS[name].value <= high:
+            raise UserError(f"--{name}={FLAGS[name].value} must be in [{low}, {high}], e.g. --{name}="
+                            f"{FLAGS[name].default}")
+    out = FLAGS.out
+    outputs.check_file(out, "--out", ".png")
     import tensorflow as tf
 
     from msml_jax.data.preview import grid, preview
 
-    out = flags.FLAGS.out
-    if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
-        raise UserError(f"--out={out}: folder {os.path.dirname(out)} does not exist; create it first")
-    before, after = preview(flags.FLAGS.config, flags.FLAGS.step, flags.FLAGS.num_images)
-    image = grid(before, after, min(flags.FLAGS.per_row, len(before)), flags.FLAGS.scale)
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(tf.io.encode_png(image).numpy())
-    os.replace(tmp, out)  # never a half-written PNG
-    print(f"wrote {out}: step {flags.FLAGS.step}, {len(before)} images, top rows as loaded, bottom rows augmented")
+    before, after = preview(FLAGS.config, FLAGS.step, FLAGS.num_images)
+    image = grid(before, after, min(FLAGS.per_row, len(before)), FLAGS.scale)
+    with outputs.atomic_file(out) as tmp:  # never a half-written PNG
+        with open(tmp, "wb") as f:
+            f.write(tf.io.encode_png(image).numpy())
+    print(f"wrote {out}: step {FLAGS.step}, {len(before)} images, rows in pairs: as loaded, then augmented")
 
 
 if __name__ == "__main__":

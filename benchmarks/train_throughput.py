@@ -5,6 +5,7 @@ P x K batch held in device memory (no input pipeline, no TensorFlow). Utilizatio
 device's dense peak for the dtype, where known.
 
     python benchmarks/train_throughput.py                                   # the paper's settings (accelerator)
+                                                                            # CPU: a small model, unless flags say
     python benchmarks/train_throughput.py --sizes 64x32 --batch 16 --backbones small_resnet,resnet50 --steps 3
     python benchmarks/train_throughput.py --loop ...    # and the whole training loop beside the bare step
 
@@ -41,6 +42,11 @@ PEAKS = {
     "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
     "TPU v5e": {"bfloat16": 197e12, "float32": 197e12},
 }
+
+
+ACCELERATOR = {"backbones": "resnet50,resnet50x,inception_v2", "sizes": "224x224,256x128",
+               "dtypes": "float32,bfloat16", "batch": 128}
+CPU = {"backbones": "small_resnet", "sizes": "64x32", "dtypes": "float32", "batch": 32}
 
 
 def base_config():
@@ -148,10 +154,13 @@ def measure_loop(name, size, dtype, batch, k, num_classes, embed_dim, num_steps,
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbones", default="resnet50,resnet50x,inception_v2")
-    parser.add_argument("--sizes", default="224x224,256x128", help="comma-separated HxW")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--batch", type=int, default=128, help="P x K images per step")
+    parser.add_argument("--backbones", default=None, help=f"default {ACCELERATOR['backbones']} "
+                        f"(CPU: {CPU['backbones']})")
+    parser.add_argument("--sizes", default=None, help=f"comma-separated HxW, default {ACCELERATOR['sizes']} "
+                        f"(CPU: {CPU['sizes']})")
+    parser.add_argument("--dtypes", default=None, help=f"default {ACCELERATOR['dtypes']} (CPU: {CPU['dtypes']})")
+    parser.add_argument("--batch", type=int, default=None, help=f"P x K images per step, default "
+                        f"{ACCELERATOR['batch']} (CPU: {CPU['batch']})")
     parser.add_argument("--K", type=int, default=4, help="images per identity")
     parser.add_argument("--num_classes", type=int, default=751, help="classifier outputs (Market-1501: 751)")
     parser.add_argument("--embed_dim", type=int, default=1024)
@@ -159,9 +168,18 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--loop", action="store_true", help="also time the whole training loop (see above)")
     args = parser.parse_args(argv)
+    device = jax.devices()[0]
+    # The paper's settings (ResNet50 at 224x224, batch 128, whole loop with --loop) take hours on a CPU: there the
+    # defaults are a small model; a flag given explicitly is always used.
+    defaults = CPU if device.platform == "cpu" else ACCELERATOR
+    for field, value in defaults.items():
+        if getattr(args, field) is None:
+            setattr(args, field, value)
+    if device.platform == "cpu":
+        print(f"CPU: defaults {defaults} (pass --backbones resnet50 --sizes 224x224 --batch 128 for the paper's "
+              "settings: hours with --loop)", flush=True)
     if args.batch % args.K:
         parser.error("--batch must be a multiple of --K")
-    device = jax.devices()[0]
     print(f"device: {device.platform} {device.device_kind} x{jax.device_count()}; batch {args.batch} "
           f"(P={args.batch // args.K}, K={args.K}); {args.steps} timed steps after {args.warmup} warm-up", flush=True)
     columns = ("size", 8), ("dtype", 9), ("img/s", 9), ("ms/step", 9), ("GFLOP/img", 10), ("TFLOP/s", 8), ("util", 6)

@@ -4,14 +4,16 @@
 
 * `PATH`: the serialized `jax.export.Exported` of  uint8 images [b, h, w, 3] (RGB, 0..255) -> float32
   embeddings [b, D], with the batch size `b` symbolic (any b >= 1 works; each new b compiles once) and h, w
-  fixed. The model's weights are baked in as constants.
+  fixed. The model's weights are baked in as constants. The function is `evaluation.retrieval.embed_step`, the
+  one that evaluation and the Embedder run: the same embeddings, raw (not normalized), flip test included.
 * `PATH.json`: how to feed it and compare its outputs (input size and dtype, preprocessing, embedding
-  dimension, distance metric, normalisation, flip), plus the caller's metadata.
+  dimension, distance metric, whether to l2-normalize before that distance, flip), plus the caller's metadata.
 
 Serving, with nothing but jax installed:
 
     exported = jax.export.deserialize(open(PATH, "rb").read())
     embeddings = exported.call(images)  # uint8 [b, h, w, 3] -> float32 [b, D]
+    # then compare as the JSON says: l2-normalize each row when "normalize", then the "distance"
 
 `load_exported` does the same and also reads the JSON.
 
@@ -28,10 +30,10 @@ import os
 import jax
 import jax.numpy as jnp
 
-from msml_jax.distances import EUCLIDEAN, l2_normalize
+from msml_jax.distances import EUCLIDEAN
 from msml_jax.evaluation.retrieval import embed_step
 
-__all__ = ["DEFAULT_PLATFORMS", "embedding_fn", "export_embedder", "load_exported"]
+__all__ = ["DEFAULT_PLATFORMS", "export_embedder", "load_exported"]
 
 # Lowered for every platform a server might run on, so the file runs on CPU, NVIDIA GPU or TPU alike
 # (the caller's backend picks its lowering).
@@ -39,21 +41,8 @@ DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 _PREPROCESSING = ("RGB uint8 images resized to input_shape[1:3] (bilinear, as tf.image.resize in the evaluation "
                   "pipeline, then rounded); no other scaling: the model normalises pixels itself")
-
-
-def embedding_fn(apply_fn, *, flip=False, normalize=False):
-    """fn(variables, images uint8 [B, h, w, 3]) -> float32 [B, D]: the embeddings evaluation ranks with.
-
-    `evaluation.retrieval.embed_step`: the model's `retrieval` output if it has one, else `embeddings`.
-    `flip`: the mean of the image's and its horizontal mirror's embeddings, taken before normalisation.
-    `normalize`: then l2-normalised (distances.l2_normalize).
-    """
-
-    def fn(variables, images):
-        x = embed_step(apply_fn, variables, images, flip=flip)
-        return l2_normalize(x) if normalize else x
-
-    return fn
+_EMBEDDING = ("raw (not l2-normalized), the flip test applied as `flip` says; to rank as the evaluation does, "
+              "l2-normalize each embedding when `normalize` is true, then compare with `distance`")
 
 
 def export_embedder(path, apply_fn, variables, image_size, *, metadata, platforms=DEFAULT_PLATFORMS):
@@ -64,9 +53,11 @@ def export_embedder(path, apply_fn, variables, image_size, *, metadata, platform
         apply_fn: `model.apply`; called as apply_fn(variables, images, train=False) -> dict of outputs.
         variables: the model's variables (params, batch_stats); baked into the file.
         image_size: (height, width) of the input images.
-        metadata: dict written into the JSON. Read from it: `flip` (bool, default False), `normalize` (bool,
-            default False: l2-normalise the output), `distance` (default "euclidean"); the rest (config name,
-            step, dataset, ...) is copied as is and must be JSON-serializable.
+        metadata: dict written into the JSON. Read from it: `flip` (bool, default False: the flip test, applied
+            inside the file). Written with defaults: `distance` ("euclidean") and `normalize` (False): how the
+            outputs are compared, `distances.comparable`'s rule (l2-normalize each embedding, then the distance);
+            the file itself never normalizes. The rest (config name, step, dataset, ...) is copied as is and must
+            be JSON-serializable.
         platforms: jax.export platforms to lower for (None: the current backend only).
 
     Returns:
@@ -76,12 +67,12 @@ def export_embedder(path, apply_fn, variables, image_size, *, metadata, platform
     """
     metadata = dict(metadata)
     flip = bool(metadata.setdefault("flip", False))
-    normalize = bool(metadata.setdefault("normalize", False))
+    metadata["normalize"] = bool(metadata.get("normalize", False))
     metadata.setdefault("distance", EUCLIDEAN)
+    metadata.setdefault("embedding", _EMBEDDING)
     height, width = (int(s) for s in image_size)
-    fn = embedding_fn(apply_fn, flip=flip, normalize=normalize)
     # The variables are closed over, so they become constants of the exported module: one self-contained file.
-    jitted = jax.jit(lambda images: fn(variables, images))
+    jitted = jax.jit(lambda images: embed_step(apply_fn, variables, images, flip=flip))
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"b, {height}, {width}, 3"), jnp.uint8)
     exported = jax.export.export(jitted, platforms=platforms)(spec)
     (out_aval,) = exported.out_avals

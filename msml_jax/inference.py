@@ -22,10 +22,12 @@ class Embedder:
         gallery = embedder.embed(["a.jpg", "b.png"])             # files, or uint8 arrays of any size
         indices, distances = embedder.search(query, gallery, k=10)
 
-    `embed` returns what evaluation ranks with (before normalization; the run's flip test applied), in batches;
-    images are resized to the run's input size with bilinear interpolation (no antialiasing) and rounded, as the
-    evaluation pipeline's tf.image.resize does. `search` ranks with the run's metric (l2-normalized Euclidean by
-    default) and never holds a query x gallery matrix larger than one block.
+    `embed` returns the run's embeddings: `evaluation.retrieval.embed_step`, the one function that evaluation
+    (eval.py --save_features) and the exported file (eval.py --export) run too: raw (not l2-normalized), the run's
+    flip test applied, in batches. Images are resized to the run's input size with bilinear interpolation (no
+    antialiasing) and rounded, as the evaluation pipeline's tf.image.resize does. `search` compares them as
+    evaluation does (`distances.comparable`: l2-normalized Euclidean by default, the run's metric) and never holds
+    a query x gallery matrix larger than one block.
     """
 
     def __init__(self, model, variables, config, step=None, batch_size=64):

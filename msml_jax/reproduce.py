@@ -331,13 +331,29 @@ def run_config(base, run):
     return config
 
 
+def cpu_model():
+    """The host CPU's model name (/proc/cpuinfo on Linux, else platform.processor()); "" when unknown.
+
+    Recorded because CPU results depend on the instruction set XLA compiles for (AVX2, AVX-512...): the same seed
+    gives the same numbers on one machine, slightly different ones on another CPU.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine():
-    """One line naming where a run trained (device, host CPUs)."""
+    """One line naming where a run trained (device, host CPUs and their model)."""
     import jax
 
     device = jax.devices()[0]
-    return f"{device.platform}:{device.device_kind} x{jax.device_count()}, {os.cpu_count()} host CPUs, " \
-           f"{platform.machine()}, jax {jax.__version__}"
+    return f"{device.platform}:{device.device_kind} x{jax.device_count()}, {os.cpu_count()} host CPUs " \
+           f"({cpu_model() or 'model unknown'}), {platform.machine()}, jax {jax.__version__}"
 
 
 def reproduce(base, overrides, table, losses, rep, indices, root, results_path, log=print):

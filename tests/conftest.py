@@ -47,3 +47,16 @@ def make_tiny_config():
 @pytest.fixture
 def tiny_config():
     return make_tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_flip_run(tmp_path_factory):
+    """A tiny trained run (`make_tiny_config`, evaluated with the flip test): read it only; copy it to write to it."""
+    from msml_jax.training.loop import train_and_evaluate
+
+    config = make_tiny_config()
+    with config.unlocked():
+        config.eval.flip = True
+    workdir = str(tmp_path_factory.mktemp("flip_run"))
+    train_and_evaluate(config, workdir, tensorboard=False)
+    return workdir

@@ -22,14 +22,12 @@ def tiny_model():
     return model, variables
 
 
-def _live(model, variables, images, flip, normalize):
-    """The live model's embeddings, flip and normalisation written out in numpy."""
+def _live(model, variables, images, flip):
+    """The live model's embeddings, flip written out in numpy (the file never normalizes)."""
     apply = jax.jit(model.apply, static_argnames="train")
     emb = np.asarray(apply(variables, images, train=False)["embeddings"], np.float64)
     if flip:
         emb = 0.5 * (emb + np.asarray(apply(variables, images[:, :, ::-1], train=False)["embeddings"]))
-    if normalize:
-        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     return emb
 
 
@@ -49,7 +47,7 @@ def test_exported_matches_live_model(tmp_path, tiny_model):
         got = np.asarray(exported.call(images))
         assert got.dtype == np.float32 and got.shape == (batch, 16)
         # float32 model, same ops: differences are rounding only.
-        np.testing.assert_allclose(got, _live(model, variables, images, flip, normalize), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(got, _live(model, variables, images, flip), atol=1e-5, rtol=1e-5)
 
     with open(path + ".json") as f:
         written = json.load(f)
@@ -77,3 +75,30 @@ def test_modules_import_without_tensorflow():
             "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_embedder_the_evaluation_and_the_export_give_the_same_embeddings(tiny_flip_run, tmp_path, tiny_splits):
+    # One function (evaluation.retrieval.embed_step) behind all three: raw embeddings, the run's flip test.
+    import shutil
+
+    from msml_jax.evaluation.workdir import evaluate_run
+    from msml_jax.inference import Embedder
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(tiny_flip_run, workdir)
+    features = str(tmp_path / "features.npz")
+    evaluate_run(workdir, features_path=features)
+    evaluated = np.load(features)["synthetic/gallery/embeddings"]  # through the tf.data evaluation pipeline
+    images = tiny_splits["gallery"]["images"]
+
+    embedded = Embedder.from_workdir(workdir, batch_size=5).embed(images)
+
+    path = str(tmp_path / "model.bin")
+    assert evaluate_run(workdir, export_path=path) == []  # --export alone: exported without evaluating
+    serve, info = load_exported(path)
+    exported = np.asarray(serve(np.asarray(images)))
+
+    assert (info["flip"], info["normalize"], info["distance"]) == (True, True, "euclidean")
+    assert np.linalg.norm(evaluated, axis=1).std() > 1e-3  # raw: not unit rows
+    np.testing.assert_allclose(embedded, evaluated, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(exported, evaluated, rtol=1e-5, atol=1e-5)

@@ -144,3 +144,15 @@ def test_training_curves_reports_half_written_line(tmp_path):
     # The skipped line is noted in red text along the bottom edge.
     bottom = image[-25:]
     assert np.count_nonzero((bottom[..., 0] > 0.7) & (bottom[..., 1] < 0.4) & (bottom[..., 2] < 0.4)) > 20
+
+
+def test_training_curves_leave_out_the_records_of_eval_py(tmp_path):
+    # eval.py's records (flip, re-ranking, another metric: a `checkpoint` key) are not points of the training curve.
+    metrics = tmp_path / "metrics.jsonl"
+    lines = [{"step": 10, "loss": 2.0, "cls_loss": 1.0, "metric_loss": 1.0, "accuracy": 0.1, "hardest_pos": 0.5,
+              "hardest_neg": 0.4, "learning_rate": 1e-3, "images_per_sec": 100.0}]
+    lines += [{"step": step, "dataset": "synthetic", "mAP": 0.1 * step, "rank1": 0.1 * step} for step in (0, 10)]
+    lines += [{"step": 10, "dataset": "synthetic", "mAP": 0.9, "rank1": 0.9, "flip": True, "checkpoint": "latest"}]
+    metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = visualize.training_curves(str(tmp_path / "curves.png"), str(metrics))
+    assert summary == {"train_records": 1, "eval_records": 2, "bad_lines": []}

@@ -5,9 +5,9 @@
 
 (the command line is the repository's preview.py: flags live in entry points, not in this library module).
 
-The grid has one pair of rows per row of images: the batch of global step `--step` as
-decoded and resized (top), and the same images augmented exactly as the trainer would
-for that step (bottom), both from `train_dataset` with the run's config and seed.
+The grid has one pair of rows per row of images, alternating: the batch of global step `--step`
+as decoded and resized (first row of the pair), then the same images augmented exactly as the
+trainer would for that step (second row), both from `train_dataset` with the run's config and seed.
 """
 
 def grid(before, after, per_row, scale=1, gap=2):

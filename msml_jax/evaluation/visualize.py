@@ -249,12 +249,17 @@ def training_curves(path, metrics_jsonl_path):
     """Six panels of a run, against the step: loss terms, accuracy, learning rate (log), the mined hardest
     positive / negative distances, each evaluation's mAP (solid) and rank-1 (dashed) per dataset, images/s.
 
-    Returns {"train_records", "eval_records", "bad_lines"}: counts, and the skipped lines (see records.read),
-    which are also noted under the figure.
+    The evaluation curves are the training's own evaluations: records written by eval.py (they carry a
+    `checkpoint` key, with other settings: flip, re-ranking, another metric) are left out of the series and
+    counted in the panel's title.
+
+    Returns {"train_records", "eval_records", "bad_lines"}: counts (eval_records: those drawn), and the skipped
+    lines (see records.read), which are also noted under the figure.
     """
     records, bad = read_records(metrics_jsonl_path)
     train = sorted((r for r in records if "dataset" not in r), key=lambda r: r["step"])
-    evals = sorted((r for r in records if "dataset" in r), key=lambda r: r["step"])
+    evals = sorted((r for r in records if "dataset" in r and "checkpoint" not in r), key=lambda r: r["step"])
+    later = sum(1 for r in records if "dataset" in r and "checkpoint" in r)
     fig = Figure(figsize=(13, 7.5), dpi=90)
     axes = fig.subplots(2, 3).ravel()
     _lines(axes[0], train, ["loss", "cls_loss", "metric_loss"], "loss")
@@ -279,7 +284,8 @@ def training_curves(path, metrics_jsonl_path):
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no evaluation records", ha="center", va="center", transform=ax.transAxes, fontsize=8)
-    ax.set_title("evaluation: mAP (solid), rank-1 (dashed)", fontsize=10)
+    ax.set_title("evaluation during training: mAP (solid), rank-1 (dashed)"
+                 + (f"\n({later} eval.py record(s) not drawn)" if later else ""), fontsize=10)
     _lines(axes[5], train, ["images_per_sec"], "images / s")
     axes[5].set_title("training throughput", fontsize=10)
     for ax in axes:

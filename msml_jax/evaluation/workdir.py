@@ -94,7 +94,8 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
 
     `features_path`: also write the features (`save_features`); `visualize_dir`: also draw each dataset's
     ranked lists and distance distributions and the run's training curves there (`draw_run`); `export_path`:
-    also export the embedder for serving (`export_run`).
+    export the embedder for serving (`export_run`), with the flip and metric options applied. Asked for alone
+    (no features, no pictures), the export needs no evaluation: nothing is evaluated or recorded, [] is returned.
     """
     from msml_jax.config import validate_config
     from msml_jax.data import load_eval_sets
@@ -109,6 +110,12 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
     config, model, variables, step = load_run(workdir, config, checkpoint)
     config = apply_eval_options(config, datasets, protocol, flip, metric, rerank)
     validate_config(config)
+    if export_path and not (features_path or visualize_dir):
+        if jax.process_index() == 0:
+            _export_atomically(export_path, model, variables, config, step)
+            print(f"wrote {export_path} and {export_path}.json (step {step}; exported without evaluating: "
+                  "run eval.py without --export for the table)", flush=True)
+        return []
     eval_sets = load_eval_sets(config.data)
     mesh = sharding.make_mesh()
     evaluator = Evaluator(model.apply, eval_sets, EvalSettings.from_config(config, mesh.devices.size), mesh)
@@ -124,13 +131,7 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
                 drawn = draw_run(folder, workdir, eval_sets, features, config, step)
             written += [os.path.join(visualize_dir, os.path.basename(path)) for path in drawn]
         if export_path:
-            with outputs.atomic_file(export_path) as tmp, outputs.atomic_file(export_path + ".json") as tmp_json:
-                try:
-                    export_run(tmp, model, variables, config, step)  # writes tmp and tmp.json
-                    os.replace(tmp + ".json", tmp_json)
-                finally:
-                    if os.path.exists(tmp + ".json"):
-                        os.remove(tmp + ".json")
+            _export_atomically(export_path, model, variables, config, step)
             written += [export_path, export_path + ".json"]
         for record in results:
             records.append(workdir, record)
@@ -176,8 +177,20 @@ def draw_run(directory, workdir, eval_sets, features, config, step):
     return paths
 
 
+def _export_atomically(path, model, variables, config, step):
+    """`export_run` to `path` and `path.json`, each written under a temporary name and renamed."""
+    with outputs.atomic_file(path) as tmp, outputs.atomic_file(path + ".json") as tmp_json:
+        try:
+            export_run(tmp, model, variables, config, step)  # writes tmp and tmp.json
+            os.replace(tmp + ".json", tmp_json)
+        finally:
+            if os.path.exists(tmp + ".json"):
+                os.remove(tmp + ".json")
+
+
 def export_run(path, model, variables, config, step):
-    """The run's embedder (`msml_jax.export`) at `path`, with the evaluation's flip and normalization."""
+    """The run's embedder (`msml_jax.export`) at `path`: the evaluation's embeddings (raw, its flip test) and, in
+    the JSON, its metric and whether that metric compares l2-normalized embeddings (`distances.comparable`)."""
     from msml_jax.export import export_embedder
 
     settings = EvalSettings.from_config(config)
