@@ -1,9 +1,9 @@
 """Evaluation protocols, registered by name: how a dataset's query and gallery features become ranking metrics.
 
 A protocol is a small object (`Protocol`): its ranking function, the split field whose rows it pools into one
-item first (MARS's tracklets) and how (config.eval.pooling, or the pooling the protocol prescribes), and the AP rule
-(`ranking.AP_MODES`) its records name. Each dataset names the protocols that rank it (`msml_jax.data.Dataset.protocols`);
-the evaluator looks them up here and never branches on dataset or protocol names. A new protocol is one
+item first (MARS's tracklets) and how (config.eval.pooling, or the pooling the protocol prescribes), and the AP
+rule (`ranking.AP_MODES`) its records name. Each dataset names the protocols that rank it
+(`msml_jax.data.Dataset.protocols`); the evaluator looks them up here and never branches on dataset or protocol names. A new protocol is one
 `register_protocol(...)` call. Features arrive as dicts with `embeddings` float [N, D], `pids`, `camids` int [N]
 (already pooled when the protocol has `group_by`).
 """
