@@ -17,7 +17,8 @@ from msml_jax.errors import UserError
 config_flags.DEFINE_config_file("config", None, "Optional: a config to evaluate with instead of the checkpoint's.")
 flags.DEFINE_list("workdir", None, "Run directory (or several, comma-separated; globs allowed) written by train.py.")
 flags.DEFINE_list("dataset", None, "Datasets to evaluate (default: the run's config.data.eval).")
-flags.DEFINE_string("protocol", None, "Protocol for the datasets that have it (e.g. classic for cuhk03).")
+flags.DEFINE_string("protocol", None, "Protocol for the datasets that have it (e.g. classic for cuhk03; official for mars "
+                    "and market1501: their MATLAB evaluations).")
 flags.DEFINE_boolean("flip", None, "Flip test: average each image's embedding with its mirror's.")
 flags.DEFINE_enum("metric", None, RANKING_METRICS, "Distance to rank with.")
 flags.DEFINE_boolean("rerank", None, "k-reciprocal re-ranking (Zhong et al. 2017) of the query x gallery distances.")

@@ -17,7 +17,8 @@ from tests.conftest import ROOT
 LIBRARY = os.path.join(ROOT, "msml_jax")
 DATASET_MODULES = (os.path.join("msml_jax", "data", "builders") + os.sep, os.path.join("msml_jax", "data", "synthetic.py"))
 # Strings equal to a component name that mean something else there (checked to stay the only ones).
-OTHER_MEANINGS = {("image", os.path.join("msml_jax", "data", "source.py")): "the TFDS feature key of an example"}
+OTHER_MEANINGS = {("image", os.path.join("msml_jax", "data", "source.py")): "the TFDS feature key of an example",
+                  ("official", os.path.join("msml_jax", "evaluation", "ranking.py")): "an AP rule (ranking.AP_MODES)"}
 
 
 def _code_strings(path):

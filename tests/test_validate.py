@@ -181,7 +181,8 @@ COMBINATIONS = [
                                     "synthetic"),
     ({"data.name": "viper", "data.protocol": "classic"}, "config.data.protocol='classic' is not a protocol of the "
                                                          "evaluated dataset(s) viper"),
-    ({"data.train": ("market1501", "mars"), "data.protocol": "new"}, "offer market1501: image; mars: tracklet"),
+    ({"data.train": ("market1501", "mars"), "data.protocol": "new"}, "offer market1501: image, official; "
+                                                                      "mars: tracklet, official"),
     ({"num_train_steps": 0}, "config.num_train_steps=0: set it to a positive number of steps, or "
                              "config.num_train_epochs"),
     ({"checkpoint_every_steps": 0}, "config.checkpoint_every_steps=0"),
@@ -203,6 +204,9 @@ def test_combinations_are_refused_naming_the_fields(changes, message):
 
 @pytest.mark.parametrize("changes", [{"data.name": "cuhk03", "data.protocol": "classic"},
                                      {"data.name": "mars", "data.protocol": "tracklet"},
+                                     {"data.name": "mars", "data.protocol": "official"},
+                                     # market1501's and mars's official protocols, cuhk03 in its default
+                                     {"data.train": ("market1501", "mars", "cuhk03"), "data.protocol": "official"},
                                      # a protocol applies to the datasets that have it (cuhk03 here)
                                      {"data.train": ("cuhk03", "mars"), "data.protocol": "classic"},
                                      {"num_train_steps": 0, "num_train_epochs": 3},

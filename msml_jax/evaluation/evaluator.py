@@ -26,7 +26,7 @@ class EvalSettings:
 
     flip: bool = False  # average each image's embedding with its mirror's
     metric: str = EUCLIDEAN  # euclidean | cosine
-    pooling: str = "avg"  # tracklet pooling of frame features: avg | max
+    pooling: str = "avg"  # tracklet pooling of frame features: avg | max (unless the protocol prescribes one)
     normalize: bool = True  # euclidean distances of l2-normalized embeddings
     rerank: tuple = None  # (k1, k2, lambda): k-reciprocal re-ranking of the distances; None: off
     batch_size: int = 128
@@ -44,8 +44,13 @@ class EvalSettings:
                    pooling=ev.get("pooling", "avg"), normalize=bool(config.normalize), rerank=rerank,
                    batch_size=batch, image_size=tuple(config.data.image_size))
 
-    def record_fields(self):
+    def record_fields(self, protocol=None):
+        """The settings a record of `protocol` (a `protocols.Protocol`) was made with: flip, metric, pooling (of
+        the protocol's groups, e.g. MARS's tracklets; None when it ranks single images), ap_mode (its AP rule,
+        `ranking.AP_MODES`) and, when on, rerank."""
         fields = {"flip": self.flip, "metric": self.metric}
+        if protocol is not None:
+            fields.update(pooling=protocol.pooling_of(self.pooling), ap_mode=protocol.ap_mode)
         if self.rerank:
             fields["rerank"] = "k1={},k2={},lambda={}".format(*self.rerank)
         return fields
@@ -75,16 +80,17 @@ class Evaluator:
         split's pids, camids (and the protocol's group_by field, e.g. tracklet, and file_name when present) and
         `image_index` (the row's image in the split: for a group, its first frame), one row per image, or per
         group when the dataset's protocol pools groups (MARS's tracklets)."""
-        return {name: {part: self._embed(variables, sets[part], self.protocols[name].group_by)
+        return {name: {part: self._embed(variables, sets[part], self.protocols[name])
                        for part in ("query", "gallery")}
                 for name, sets in self.eval_sets.items()}
 
-    def _embed(self, variables, split, group_by):
+    def _embed(self, variables, split, protocol):
         s = self.settings
         kwargs = dict(batch_size=s.batch_size, image_size=s.image_size, mesh=self.mesh)
+        group_by = protocol.group_by
         if group_by:
             embeddings, _, first = embed_split(self.embed_fn, variables, split, groups=split[group_by],
-                                               pooling=s.pooling, **kwargs)
+                                               pooling=protocol.pooling_of(s.pooling), **kwargs)
             rows = first  # a group's pid / camid / name (a tracklet's): those of its first frame
         else:
             embeddings = embed_split(self.embed_fn, variables, split, **kwargs)
@@ -97,7 +103,8 @@ class Evaluator:
     def score(self, features, step):
         """One record per dataset from `features` (see `features`).
 
-        A record holds the protocol's ranking metrics and the separation of positive and negative pair
+        A record holds the protocol's ranking metrics, the settings it was made with (`EvalSettings.record_fields`:
+        flip, metric, pooling, ap_mode, rerank) and the separation of positive and negative pair
         distances (`separation.separation_figures`: auc, neg_closer_than_median_pos, gap_p95_p5; sampled with a
         fixed seed above SEPARATION_MAX_PAIRS pairs), the paper's Figure 3 as numbers.
         """
@@ -113,7 +120,7 @@ class Evaluator:
                       **{k: float(separation[k]) for k in SEPARATION_FIELDS}}
             if sets.get("trial") is not None:
                 record["trial"] = int(sets["trial"])
-            record.update(self.settings.record_fields())
+            record.update(self.settings.record_fields(self.protocols[name]))
             records.append(record)
         return records
 

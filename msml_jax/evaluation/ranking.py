@@ -49,9 +49,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["evaluate_ranking", "AP_MODES"]
+__all__ = ["evaluate_ranking", "AP_MODES", "MEAN_PRECISION", "OFFICIAL_AP"]
 
-AP_MODES = ("mean_precision", "official")
+# The AP rules (``evaluate_ranking``'s ``ap_mode``): torchreid's mean of the precisions at the hits, and the
+# trapezoid rule of the official MATLAB evaluations (Market-1501's and MARS's ``compute_AP.m``).
+MEAN_PRECISION, OFFICIAL_AP = "mean_precision", "official"
+AP_MODES = (MEAN_PRECISION, OFFICIAL_AP)
 
 # Rows processed per work item.  Small enough that a block (and its mask and
 # sorted copy) stays mostly in cache, large enough to amortize numpy overhead.
@@ -193,7 +196,7 @@ def _equal_before(dist: np.ndarray, rows: np.ndarray, cols: np.ndarray,
 
 
 def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
-                     ap_mode: str = "mean_precision", *, num_threads: int | None = None,
+                     ap_mode: str = MEAN_PRECISION, *, num_threads: int | None = None,
                      per_query: bool = False):
     """Market-1501-protocol ranking metrics (torchreid / fast-reid semantics).
 
@@ -322,7 +325,7 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
     # ---- 4. metrics.
     k = hit_k.astype(np.float64)
     m_q = n_good[valid].astype(np.float64)
-    if ap_mode == "mean_precision":
+    if ap_mode == MEAN_PRECISION:
         ap_terms = k / rank
     else:
         p_before = np.where(rank > 1, (k - 1) / np.maximum(rank - 1, 1), 1.0)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msml_jax.evaluation.ranking import AP_MODES, evaluate_ranking
+from msml_jax.evaluation.ranking import AP_MODES, MEAN_PRECISION, evaluate_ranking
 from msml_jax.distances import (COSINE, EUCLIDEAN, METRICS, check_metric, inverse_norm, l2_normalize,
                                 sq_euclidean_expansion)
 
@@ -232,7 +232,7 @@ def _has_valid_match(q_pids, g_pids, q_camids, g_camids) -> np.ndarray:
 
 
 def evaluate_ranking_blocks(blocks: Iterable[Tuple[slice, np.ndarray]], q_pids, g_pids, q_camids, g_camids,
-                            max_rank: int = 50, ap_mode: str = "mean_precision") -> dict:
+                            max_rank: int = 50, ap_mode: str = MEAN_PRECISION) -> dict:
     """``evaluate_ranking`` over distances given as blocks of query rows.
 
     Each block ``(rows, dist)`` (``rows`` a slice of query indices, ``dist``
@@ -308,7 +308,7 @@ def evaluate_ranking_blocks(blocks: Iterable[Tuple[slice, np.ndarray]], q_pids, 
 
 
 def evaluate_ranking_blocked(query_emb, gallery_emb, q_pids, g_pids, q_camids, g_camids,
-                             metric: str = EUCLIDEAN, max_rank: int = 50, ap_mode: str = "mean_precision",
+                             metric: str = EUCLIDEAN, max_rank: int = 50, ap_mode: str = MEAN_PRECISION,
                              *, block_rows: int | None = None,
                              max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> dict:
     """CMC / mAP / mINP of ranking the gallery by ``metric``, never holding ``[Q, G]``.

@@ -38,6 +38,9 @@ def parse_name(name):
 class Market1501(common.ReidBuilder):
     """Market-1501: 751 training and 750 test identities from 6 cameras, plus distractors."""
 
+    # image (default, torchreid's rule): AP = mean precision at the hits; official (the release's evaluation.m /
+    # compute_AP.m): the same ranking, AP by the trapezoid rule, every query averaged.
+    PROTOCOLS = {"image": "image", "official": "image_official"}
     RELEASE_MARKER = "bounding_box_train"
     ARCHIVE_NAMES = ("Market-1501-v15.09.15.zip",)
     EXTRA_FEATURES = {"sequence": np.int64, "frame": np.int64}

@@ -11,8 +11,9 @@ Release (extracted folders or their zips, side by side in the manual dir):
 Every frame is one example: pid, camid (camera - 1), `tracklet` (its 0-based row in tracks_*_info, the same
 numbering for query and gallery, for tracklet-level evaluation: pool features by `tracklet`), `frame` (the F
 number) and file_name (bbox_*/PPPP/name). Splits: train = the training tracklets' frames; query = the
-query_IDX tracklets' frames (1,980 tracklets); gallery = the other test tracklets' frames. Junk tracklets
-(pid -1) are dropped; distractors (pid 0) stay in the gallery.
+query_IDX tracklets' frames (1,980 tracklets); gallery = the other test tracklets' frames (the official protocol
+ranks against both: see Mars.PROTOCOLS). Junk tracklets (pid -1) are dropped; distractors (pid 0) stay in the
+gallery.
 """
 
 import os
@@ -52,7 +53,10 @@ def _read_names(path):
 class Mars(common.ReidBuilder):
     """MARS: frames of person tracklets from 6 cameras; tracklet ids kept for video re-id evaluation."""
 
-    PROTOCOLS = {"tracklet": "tracklet"}  # frame features pooled per tracklet, ranked as images
+    # tracklet (default, torchreid's rule): frame features pooled per tracklet (config.eval.pooling), each query
+    # ranked against the non-query test tracklets. official (MARS-evaluation's evaluation_mars.m): max pooling,
+    # each query against ALL test tracklets (itself removed as same identity and camera), trapezoid AP.
+    PROTOCOLS = {"tracklet": "tracklet", "official": "tracklet_official"}
     RELEASE_MARKER = "info/tracks_test_info.mat"
     ARCHIVE_NAMES = ("MARS-evaluation-master.zip", "info.zip")
     EXTRA_FEATURES = {"tracklet": np.int64, "frame": np.int64}
