@@ -442,6 +442,22 @@ def _check_combinations(v):
                         f"lower k2 or raise k1 (the paper's values: k1=20, k2=6)")
 
 
+def as_typed(error, flags=None, prefix="--config."):
+    """`error` (a UserError of `validate_config`) with its suggested fixes written as the entry point takes them:
+    `--config.FIELD=` becomes `flags[FIELD]=` for the fields an entry point sets with its own flags (eval.py's
+    --rerank_k1), else `prefix + FIELD=` (the reproduction driver's `--set FIELD=`)."""
+    import re
+
+    def rewrite(match):
+        field = match.group(1)
+        return f"{(flags or {}).get(field, prefix + field)}="
+
+    text = re.sub(r"--config\.([A-Za-z_][\w.]*)=", rewrite, str(error))
+    for field, flag in (flags or {}).items():  # "config.eval.k2=30 must be ...": the value as the user typed it
+        text = re.sub(rf"(?<![\w.-])config\.{re.escape(field)}=", f"{flag}=", text)
+    return UserError(text)
+
+
 # ---- Paths ----
 
 

@@ -53,6 +53,8 @@ class Embedder:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise UserError(f"an image must be uint8 [h, w, 3], got {image.dtype} {image.shape}")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise UserError(f"an image has no pixels (shape {image.shape}): pass images of at least 1 x 1")
         height, width = self.settings.image_size
         if image.shape[:2] == (height, width):
             return image
@@ -61,19 +63,49 @@ class Embedder:
 
     def embed(self, images):
         """float32 [N, D] embeddings of `images` (a sequence of file paths or uint8 [h, w, 3] arrays, or [N, h, w,
-        3]), in batches of `batch_size` padded to one shape (one compile)."""
+        3]; one path or one [h, w, 3] array is one image), in batches of `batch_size` padded to one shape (one
+        compile). No image: [0, D]."""
+        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+            images = [images]  # one image, not a sequence of rows or characters
+        elif isinstance(images, np.ndarray) and images.ndim != 4:
+            raise UserError(f"embed takes images [N, h, w, 3], one image [h, w, 3] or a list of them; got an array "
+                            f"of shape {images.shape}")
         images = list(images)
         batches = (np.stack([self._load(im) for im in images[start: start + self.batch_size]])
                    for start in range(0, len(images), self.batch_size))
         out = list(embed_batches(self._embed, self.variables, batches, len(images), batch_size=self.batch_size))
         if not out:
-            return np.zeros((0, 0), np.float32)
+            return np.zeros((0, self.embedding_dim), np.float32)
         return np.concatenate(out)
 
+    @property
+    def embedding_dim(self):
+        """D, the size of an embedding (from the network's shapes; nothing is computed)."""
+        height, width = self.settings.image_size
+        shape = jax.eval_shape(self._embed, self.variables, jax.ShapeDtypeStruct((1, height, width, 3), np.uint8))
+        return int(shape.shape[-1])
+
     def search(self, query_embeddings, gallery_embeddings, k=10):
-        """(indices int [Q, k], distances float32 [Q, k]) of each query's k nearest gallery embeddings."""
+        """(indices int [Q, k], distances float32 [Q, k]) of each query's k nearest gallery embeddings (all of them
+        when the gallery has fewer than k)."""
         from msml_jax.evaluation.search import top_k
 
         q, g = (np.asarray(x, np.float32) for x in (query_embeddings, gallery_embeddings))
+        for name, x in (("query", q), ("gallery", g)):
+            if x.ndim != 2 or x.shape[1] == 0:
+                raise UserError(f"search: the {name} embeddings must be float [N, D] (from embed), got shape "
+                                f"{x.shape}")
+        if q.shape[1] != g.shape[1]:
+            raise UserError(f"search: query embeddings have {q.shape[1]} dimensions, gallery ones {g.shape[1]}: embed "
+                            f"both with the same run")
+        if not 1 <= int(k):
+            raise UserError(f"search: k={k} must be at least 1")
+        if len(g) == 0:
+            raise UserError("search: the gallery is empty: embed at least one gallery image")
+        if len(q) == 0:
+            return np.zeros((0, min(int(k), len(g))), np.int64), np.zeros((0, min(int(k), len(g))), np.float32)
         q, g = (np.asarray(x) for x in comparable(q, g, self.settings.metric, self.settings.normalize))
-        return top_k(q, g, k, metric=self.settings.metric)
+        try:
+            return top_k(q, g, min(int(k), len(g)), metric=self.settings.metric)
+        except ValueError as e:  # NaN or infinite embeddings
+            raise UserError(f"search: {e}") from None

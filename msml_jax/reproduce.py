@@ -47,8 +47,8 @@ SEPARATION_COLUMNS = (("auc", "AUC", 100, 1), ("neg_closer_than_median_pos", "ne
 # ----------------------------------------------------------------------------------------------- the plan (pure)
 
 
-def parse_indices(text):
-    """"0,1,2" or "0-9" or "0-2,5" -> [int], in order, no repeats."""
+def parse_indices(text, flag=""):
+    """"0,1,2" or "0-9" or "0-2,5" -> [int], in order, no repeats; a UserError names `flag` (e.g. "--seeds")."""
     out = []
     for part in filter(None, (p.strip() for p in str(text).split(","))):
         try:
@@ -58,7 +58,10 @@ def parse_indices(text):
             else:
                 out.append(int(part))
         except (TypeError, ValueError):
-            raise UserError(f"{text!r}: not a list of integers such as 0,1,2 or 0-9") from None
+            raise UserError(f"{flag + ' ' if flag else ''}{text!r}: not a list of integers such as 0,1,2 or "
+                            f"0-9") from None
+    if not out:
+        raise UserError(f"{flag + ' ' if flag else ''}{text!r}: no index given: list some, e.g. 0,1,2 or 0-9")
     return list(dict.fromkeys(out))
 
 
@@ -269,12 +272,10 @@ def _ten_split_names():
 
 def build_config(args):
     """(base config with every override applied, {field: value} of the overrides) from the parsed flags."""
-    from msml_jax.config_files import load_config
+    from msml_jax.config import load_config_file
 
     config_path = args.config or os.path.join(CONFIGS, "viper.py" if _is_ten_split(args.dataset) else "synthetic.py")
-    if not os.path.isfile(config_path):
-        raise UserError(f"--config {config_path!r}: no such file")
-    config = load_config(config_path)
+    config = load_config_file(config_path)
     overrides = {"config": os.path.basename(config_path)}
     if args.dataset:
         overrides["data.name"] = args.dataset
@@ -383,13 +384,50 @@ def reproduce(base, overrides, table, losses, rep, indices, root, results_path, 
     return read_results(results_path)
 
 
+def check_plan(args, base, table, losses, rep, indices):
+    """UserError, before the first run trains, for any run of the plan that would be refused later: a split the
+    dataset does not have, a seed out of range, a run config the schema refuses, a workdir that cannot be written.
+    Messages name the flag the user typed."""
+    from msml_jax.config import as_typed, check_paths, validate_config
+    from msml_jax.data import get_dataset
+
+    if args.steps < 0:
+        raise UserError(f"--steps {args.steps}: give a positive number of training steps per run, or leave it out "
+                        f"for the config's own schedule")
+    if rep == "split":
+        trials = get_dataset(base.data.name).trials
+        bad = [i for i in indices if not 0 <= i < trials]
+        if bad:
+            raise UserError(f"--splits {args.splits}: {base.data.name} has the splits 0-{trials - 1}, not "
+                            f"{', '.join(map(str, bad))}")
+    else:
+        bad = [i for i in indices if not 0 <= i < 2**32]
+        if bad:
+            raise UserError(f"--seeds {args.seeds}: a seed is an integer in [0, 2**32 - 1], not {bad[0]}")
+    plan = plan_runs(table, losses, rep, indices, base.num_train_steps, {})
+    for run in plan:
+        try:
+            validate_config(run_config(base, run))
+        except UserError as e:
+            raise as_typed(e, prefix="--set ") from None
+    check_paths(base, os.path.join(args.root, table, plan[0]["name"]))
+
+
 def _move_aside(path, stamp):
     if os.path.exists(path):
         shutil.move(path, f"{path}.{stamp}.old")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, its mistakes said as every entry point says them: one `error:` line, exit code 2."""
+
+    def error(self, message):
+        print(f"error: {message}: see {self.prog} --help", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m msml_jax.reproduce",
         description="Train and evaluate every (loss, seed or split) and write the paper-style comparison table.")
     parser.add_argument("--table", help="name of the table: workdirs <root>/<table>/..., results "
@@ -435,6 +473,10 @@ def main(argv=None):
         unknown = sorted(set(losses) - set(registered))
         if unknown or not losses:
             raise UserError(f"--losses {args.losses!r}: valid losses are {', '.join(registered)}")
+        if args.dataset:
+            from msml_jax.data import check_dataset_names
+
+            check_dataset_names([args.dataset], "--dataset")
         base, overrides = build_config(args)
         ten_split = _is_ten_split(base.data.name)
         if args.splits and not ten_split:
@@ -442,8 +484,9 @@ def main(argv=None):
                             f"{base.data.name!r}: use --seeds")
         if ten_split and args.seeds:
             raise UserError(f"{base.data.name} is compared over its ten splits: use --splits (e.g. 0-9), not --seeds")
-        rep, indices = ("split", parse_indices(args.splits or "0-9")) if ten_split else \
-            ("seed", parse_indices(args.seeds or "0,1,2"))
+        rep, indices = ("split", parse_indices(args.splits or "0-9", "--splits")) if ten_split else \
+            ("seed", parse_indices(args.seeds or "0,1,2", "--seeds"))
+        check_plan(args, base, table, losses, rep, indices)
         if args.fresh:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             _move_aside(results_path, stamp)

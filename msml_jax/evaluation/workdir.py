@@ -56,6 +56,12 @@ def load_run(workdir, config=None, checkpoint="latest"):
     return config, model_of(config, variables, where), variables, step
 
 
+# Config fields eval.py sets with flags of its own (apply_eval_options): a fix is said with the flag.
+EVAL_FLAGS = {"eval.k1": "--rerank_k1", "eval.k2": "--rerank_k2", "eval.lambda_value": "--rerank_lambda",
+              "eval.rerank": "--rerank", "eval.flip": "--flip", "eval.metric": "--metric", "data.protocol": "--protocol",
+              "data.eval": "--dataset"}
+
+
 def apply_eval_options(config, datasets=None, protocol=None, flip=None, metric=None, rerank=None):
     """A copy of `config` with eval.py's options set (None: keep the config's)."""
     config = config.copy_and_resolve_references()
@@ -97,7 +103,7 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
     export the embedder for serving (`export_run`), with the flip and metric options applied. Asked for alone
     (no features, no pictures), the export needs no evaluation: nothing is evaluated or recorded, [] is returned.
     """
-    from msml_jax.config import validate_config
+    from msml_jax.config import as_typed, validate_config
     from msml_jax.data import load_eval_sets
 
     # Every output checked before anything is read or written; each written atomically, the records last.
@@ -109,7 +115,10 @@ def evaluate_run(workdir, config=None, checkpoint="latest", datasets=None, proto
         outputs.check_folder(visualize_dir, "--visualize")
     config, model, variables, step = load_run(workdir, config, checkpoint)
     config = apply_eval_options(config, datasets, protocol, flip, metric, rerank)
-    validate_config(config)
+    try:
+        validate_config(config)
+    except UserError as e:  # its fixes said with eval.py's own flags where it has them
+        raise as_typed(e, EVAL_FLAGS) from None
     if export_path and not (features_path or visualize_dir):
         if jax.process_index() == 0:
             _export_atomically(export_path, model, variables, config, step)

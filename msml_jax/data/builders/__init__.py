@@ -90,6 +90,18 @@ def read_split(builder, split, lazy=None):
     return out
 
 
+def _missing_folders(path):
+    """`path` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while path and not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
 def load(name, data_dir, manual_dir=None, skip_corrupt=False, trial=0, protocol=None):
     """{"train", "query", "gallery"} of TFDS dataset `name` in its own protocol, built first if needed.
 
@@ -112,14 +124,21 @@ def load(name, data_dir, manual_dir=None, skip_corrupt=False, trial=0, protocol=
         raise UserError(f"{name!r} is not a TFDS dataset of msml_jax.data.builders: valid names are "
                         f"{', '.join(builder_modules())}")
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
-    builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt)
-    if not builder.is_prepared():
-        # ArrayRecord files so that images are read by index (read_split); ReidBuilder.download_and_prepare
-        # removes what a failed build created in data_dir.
-        builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt,
-                               file_format=common.default_file_format())
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
-    elif not random_access(builder):
+    created = _missing_folders(data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt)
+        if not builder.is_prepared():
+            # ArrayRecord files so that images are read by index (read_split); ReidBuilder.download_and_prepare
+            # removes what a failed build created inside data_dir.
+            builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt,
+                                   file_format=common.default_file_format())
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
+    except BaseException:
+        for folder in created:  # data_dir and the parents TFDS made for it, if the failed build left them empty
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        raise
+    if builder.is_prepared() and not random_access(builder):
         logging.warning(
             "%s in %s was prepared as %s files, which are only read whole: its images are held in memory. To read "
             "them by index instead, delete %s and run again (it is prepared as ArrayRecord then)",
