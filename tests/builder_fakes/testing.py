@@ -26,6 +26,12 @@ def triples(examples):
     return sorted((ex["file_name"], int(ex["pid"]), int(ex["camid"])) for ex in examples)
 
 
+def tracklet_records(examples):
+    """Sorted (file_name, pid, camid, tracklet, frame) of a video dataset's examples."""
+    return sorted((ex["file_name"], int(ex["pid"]), int(ex["camid"]), int(ex["tracklet"]), int(ex["frame"]))
+                  for ex in examples)
+
+
 def listing(data_dir):
     """Every path under data_dir (empty list when it holds nothing)."""
     if not os.path.exists(data_dir):
@@ -47,7 +53,7 @@ def truncate(path):
         f.write(data[: len(data) // 2])
 
 
-__all__ = ["build", "read_split", "triples", "listing", "decode", "truncate", "np"]
+__all__ = ["build", "read_split", "triples", "tracklet_records", "listing", "decode", "truncate", "np"]
 
 
 def check_like_tfds(builder_cls, manual_dir, data_dir, sizes, groups=None, **kwargs):
