@@ -9,9 +9,10 @@ import pytest
 
 from msml_jax.data import builders
 from msml_jax.data.builders import ilids_vid, viper
-from msml_jax.errors import UserError
 from tests.builder_fakes import ilids_vid as fake
-from tests.builder_fakes.testing import build, check_like_tfds, listing, read_split, tracklet_records
+from tests.builder_fakes.testing import (
+    check_like_tfds, read_split, refused, refused_missing_and_incomplete, tracklet_records,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +64,12 @@ def test_reproduction_driver_compares_it_over_ten_splits():
 
 
 def test_missing_incomplete_or_misnamed_release_is_explained(tmp_path):
-    manual = tmp_path / "manual"
-    manual.mkdir()
-    with pytest.raises(UserError, match="iLIDS-VID.tar"):
-        build(ilids_vid.IlidsVid, str(manual), str(tmp_path / "data"))
-    root, _ = fake.make(str(manual))
-    shutil.rmtree(os.path.join(root, "sequences", "cam2", "person009"))
-    with pytest.raises(UserError, match=r"person009 has a sequence in one camera only.*extract iLIDS-VID.tar again"):
-        build(ilids_vid.IlidsVid, str(manual), str(tmp_path / "data"))
-    shutil.rmtree(root)
+    manual, data = refused_missing_and_incomplete(
+        ilids_vid.IlidsVid, tmp_path, fake.make, "iLIDS-VID.tar", "sequences/cam2/person009",
+        r"person009 has a sequence in one camera only.*iLIDS-VID.tar again")
+    shutil.rmtree(manual / fake.TOP)
     root, _ = fake.make(str(manual))
     frame = os.path.join(root, fake.frame_path(1, 4, 40))
     shutil.copy(frame, frame.replace("cam1_person004_00040", "cam2_person004_00040"))  # the other camera's name
-    with pytest.raises(UserError, match=r"cam2_person004_00040.png does not parse: expected cam1_person004_FFFFF"):
-        build(ilids_vid.IlidsVid, str(manual), str(tmp_path / "data"))
-    assert listing(str(tmp_path / "data")) == []
+    refused(ilids_vid.IlidsVid, str(manual), data,
+            r"cam2_person004_00040.png does not parse: expected cam1_person004_FFFFF")

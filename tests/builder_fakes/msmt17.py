@@ -8,6 +8,7 @@ import os
 
 from tests.builder_fakes import tiny_jpeg, write
 
+TOP_V2 = "MSMT17_V2"
 FOLDERS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}
 # list file -> [(pid, camera 1..15)]; list_val holds more images of the training identities.
 LISTS = {
@@ -23,7 +24,7 @@ def image_name(pid, index, cam):
     return f"{pid:04d}/{pid:04d}_{index:03d}_{cam:02d}_0303morning_{index * 7:04d}_{index % 3}.jpg"
 
 
-def make(manual_dir, version="MSMT17_V2"):
+def make(manual_dir, version=TOP_V2):
     """Writes manual_dir/<version>; returns (root, {split: sorted [(file_name, pid, camid)]})."""
     root = os.path.join(manual_dir, version)
     train_folder, test_folder = FOLDERS[version]

@@ -49,8 +49,9 @@ class IlidsVid(common.ReidBuilder):
   title={Person Re-Identification by Video Ranking},
   author={Wang, Taiqing and Gong, Shaogang and Zhu, Xiatian and Wang, Shengjin}, booktitle={ECCV}, year={2014}}"""
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
-    Download iLIDS-VID.tar from the iLIDS-VID page (https://xiatian-zhu.github.io/downloads_qmul_iLIDS-VID_ReID_dataset.html,
-    formerly http://www.eecs.qmul.ac.uk/~xiatian/iLIDS-VID/iLIDS-VID.tar) and place the tar as it is, or its
+    Download iLIDS-VID.tar from the iLIDS-VID page
+    (https://xiatian-zhu.github.io/downloads_qmul_iLIDS-VID_ReID_dataset.html, formerly
+    http://www.eecs.qmul.ac.uk/~xiatian/iLIDS-VID/iLIDS-VID.tar) and place the tar as it is, or its
     extracted i-LIDS-VID/ folder (holding sequences/cam1/ and sequences/cam2/), in the manual directory
     (config.data.manual_dir, by default <data_dir>/downloads/manual).
     """
