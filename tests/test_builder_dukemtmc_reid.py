@@ -1,13 +1,10 @@
 """dukemtmc_reid builder on a dummy release in the official layout (generated at test time)."""
 
-import os
-import shutil
-
 import pytest
 
 from msml_jax.data.builders import dukemtmc_reid
 from tests.builder_fakes import dukemtmc_reid as fake
-from tests.builder_fakes.testing import build_release, refused, refused_missing_and_incomplete, values
+from tests.builder_fakes.testing import build_release, refused_misnamed, refused_missing_and_incomplete, values
 
 
 @pytest.mark.parametrize("archived", [False, True], ids=["folder", "zip"])
@@ -28,8 +25,6 @@ def test_missing_or_incomplete_release_says_what_to_do(tmp_path):
 
 
 def test_bad_file_name_is_named(tmp_path):
-    root, _ = fake.make(str(tmp_path / "manual"))
-    shutil.copy(os.path.join(root, "query", fake.name(*fake.QUERY[0])),
-                os.path.join(root, "query", "0001_c9_f0000070.jpg"))  # camera 9 does not exist
-    refused(dukemtmc_reid.DukemtmcReid, str(tmp_path / "manual"), str(tmp_path / "data"),
-            r"0001_c9_f0000070\.jpg does not parse: expected PPPP_cC_fFFFFFFF")
+    refused_misnamed(dukemtmc_reid.DukemtmcReid, tmp_path / "manual", str(tmp_path / "data"), fake.make,
+                     "query/" + fake.name(*fake.QUERY[0]), "0001_c9_f0000070.jpg",  # camera 9 does not exist
+                     r"0001_c9_f0000070\.jpg does not parse: expected PPPP_cC_fFFFFFFF")

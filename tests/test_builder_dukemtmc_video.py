@@ -8,7 +8,7 @@ import pytest
 from msml_jax.data.builders import dukemtmc_video
 from tests.builder_fakes import dukemtmc_video as fake
 from tests.builder_fakes.testing import (
-    build, build_release, read_split, refused, refused_missing_and_incomplete, tracklet_records, values,
+    build, build_release, read_split, refused_misnamed, refused_missing_and_incomplete, tracklet_records, values,
 )
 
 
@@ -41,9 +41,6 @@ def test_missing_incomplete_or_misnamed_release_is_explained(tmp_path):
         dukemtmc_video.DukemtmcVideo, tmp_path, fake.make, "DukeMTMC-VideoReID.zip", "query",
         r"query is missing or empty: an incomplete DukeMTMC-VideoReID release")
     shutil.rmtree(manual / fake.TOP)
-    root, _ = fake.make(str(manual))
-    folder = os.path.join(root, "train", "0002", "0001")
-    first = sorted(os.listdir(folder))[0]
-    shutil.copy(os.path.join(folder, first), os.path.join(folder, "frame_0001.jpg"))
-    refused(dukemtmc_video.DukemtmcVideo, str(manual), data,
-            r"frame_0001.jpg does not parse: expected PPPP_CC_FFFF_XNNNNN")
+    refused_misnamed(dukemtmc_video.DukemtmcVideo, manual, data, fake.make,
+                     "train/0002/0001/" + fake.frame_name(2, 3, 1, 30006), "frame_0001.jpg",
+                     r"frame_0001.jpg does not parse: expected PPPP_CC_FFFF_XNNNNN")

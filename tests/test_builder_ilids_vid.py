@@ -1,6 +1,5 @@
 """ilids_vid builder on a dummy release (i-LIDS-VID/sequences/cam{1,2}/personNNN/) in the official layout."""
 
-import os
 import shutil
 import tarfile
 
@@ -11,7 +10,7 @@ from msml_jax.data import builders
 from msml_jax.data.builders import ilids_vid, viper
 from tests.builder_fakes import ilids_vid as fake
 from tests.builder_fakes.testing import (
-    check_like_tfds, read_split, refused, refused_missing_and_incomplete, tracklet_records,
+    check_like_tfds, read_split, refused_misnamed, refused_missing_and_incomplete, tracklet_records,
 )
 
 
@@ -68,8 +67,6 @@ def test_missing_incomplete_or_misnamed_release_is_explained(tmp_path):
         ilids_vid.IlidsVid, tmp_path, fake.make, "iLIDS-VID.tar", "sequences/cam2/person009",
         r"person009 has a sequence in one camera only.*iLIDS-VID.tar again")
     shutil.rmtree(manual / fake.TOP)
-    root, _ = fake.make(str(manual))
-    frame = os.path.join(root, fake.frame_path(1, 4, 40))
-    shutil.copy(frame, frame.replace("cam1_person004_00040", "cam2_person004_00040"))  # the other camera's name
-    refused(ilids_vid.IlidsVid, str(manual), data,
-            r"cam2_person004_00040.png does not parse: expected cam1_person004_FFFFF")
+    refused_misnamed(ilids_vid.IlidsVid, manual, data, fake.make, fake.frame_path(1, 4, 40),
+                     "cam2_person004_00040.png",  # the other camera's name
+                     r"cam2_person004_00040.png does not parse: expected cam1_person004_FFFFF")

@@ -137,3 +137,14 @@ def refused_missing_and_incomplete(builder_cls, tmp_path, make, archive, part, m
     shutil.rmtree(os.path.join(root, part))
     refused(builder_cls, str(manual), data, match)
     return manual, data
+
+
+def refused_misnamed(builder_cls, manual_dir, data_dir, make, image, bad_name, match):
+    """A fresh release from `make(manual_dir)` (returning (root, ...)) with a copy of its `image` (a path under
+    root) named `bad_name` beside it is refused with a message matching `match`."""
+    import shutil
+
+    root = make(str(manual_dir))[0]
+    source = os.path.join(root, image)
+    shutil.copy(source, os.path.join(os.path.dirname(source), bad_name))
+    refused(builder_cls, str(manual_dir), data_dir, match)
