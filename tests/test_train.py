@@ -253,6 +253,8 @@ def test_every_point_of_the_paper_grid_builds_and_validates():
         ("cuhk03", (50 * 42, 200 * 42), 250 * 42),  # 1367 ids
         ("cuhk_sysu", (50 * 172, 200 * 172), 250 * 172),  # 5532 ids
         ("all", (50 * 258, 200 * 258), 250 * 258),  # 8275 ids
+        ("dukemtmc_reid", (50 * 21, 200 * 21), 250 * 21),  # 702 ids
+        ("msmt17", (50 * 32, 200 * 32), 250 * 32),  # 1041 ids (list_train + list_val)
     ],
 )
 def test_paper_schedule_in_steps(dataset, boundaries, total):
@@ -260,7 +262,7 @@ def test_paper_schedule_in_steps(dataset, boundaries, total):
     from msml_jax.training.steps import learning_rate_schedule
 
     ids = {"market1501": 751, "mars": 625, "cuhk03": 1367, "cuhk_sysu": 5532}
-    num_ids = sum(ids.values()) if dataset == "all" else ids[dataset]
+    num_ids = sum(ids.values()) if dataset == "all" else {**ids, "dukemtmc_reid": 702, "msmt17": 1041}[dataset]
     config = resolve_epochs(_paper_config(f"{dataset},resnet50,msml"), num_ids // 32)
     assert tuple(config.lr_boundaries) == boundaries and config.num_train_steps == total
     assert config.checkpoint_every_steps == total // 25 and config.eval_every_steps == total // 10
