@@ -47,3 +47,19 @@ def make_tiny_config():
 @pytest.fixture
 def tiny_config():
     return make_tiny_config()
+
+
+@pytest.fixture(scope="session")
+def flip_run(tmp_path_factory):
+    """A tiny run evaluated with the flip test, 7 steps saving every 3 (not a multiple): (config, workdir).
+
+    Trained without evaluations or TensorBoard (seconds); read it only, copy it to write to it.
+    """
+    from msml_jax.training.loop import train_and_evaluate
+
+    config = make_tiny_config()
+    config.num_train_steps = 7
+    config.eval.flip = True
+    workdir = str(tmp_path_factory.mktemp("flip_run"))
+    train_and_evaluate(config, workdir, evaluate=False, tensorboard=False)
+    return config, workdir

@@ -77,3 +77,26 @@ def test_modules_import_without_tensorflow():
             "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_eval_export_of_a_run_evaluated_with_flip(flip_run, tiny_splits, tmp_path):
+    # eval.py --export: the exported embedder computes what the evaluation ranks with, the run's flip test included
+    # (and its l2 normalization: euclidean distances of unit vectors).
+    import shutil
+
+    from msml_jax.evaluation.workdir import evaluate_run
+    from tests.test_inference import flip_embeddings
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(flip_run[1], workdir)
+    path, features = str(tmp_path / "embedder.jaxexport"), str(tmp_path / "features.npz")
+    (record,) = evaluate_run(workdir, export_path=path, features_path=features)
+    assert record["flip"] is True
+    fn, info = load_exported(path)
+    assert (info["flip"], info["normalize"], info["distance"], info["step"]) == (True, True, "euclidean", 7)
+    images = np.asarray(tiny_splits["gallery"]["images"][:10])
+    _, want = flip_embeddings(workdir, images)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(fn(images)), unit(want), rtol=1e-5, atol=1e-5)
+    evaluated = np.load(features)["synthetic/gallery/embeddings"][:10]
+    np.testing.assert_allclose(np.asarray(fn(images)), unit(evaluated), rtol=1e-5, atol=1e-5)

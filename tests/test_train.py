@@ -72,6 +72,13 @@ def test_checkpoints_hold_state_and_config(trained):
     assert restored["config"]["loss"] == config.loss and restored["config"]["P"] == config.P
 
 
+def test_a_run_whose_length_is_no_multiple_of_the_checkpoint_interval_saves_its_last_step(flip_run):
+    # 7 steps, a checkpoint every 3: 3 and 6, then the final step 7 (the run's end is always saved).
+    config, workdir = flip_run
+    assert (config.num_train_steps, config.checkpoint_every_steps) == (7, 3)
+    assert checkpoint.checkpoint_manager(workdir, create=False).all_steps() == [3, 6, 7]
+
+
 def test_eval_on_the_workdir_reproduces_the_final_evaluation(trained, tmp_path):
     config, _, final = trained
     workdir = _copy_of(trained, tmp_path)
