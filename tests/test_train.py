@@ -72,6 +72,13 @@ def test_checkpoints_hold_state_and_config(trained):
     assert restored["config"]["loss"] == config.loss and restored["config"]["P"] == config.P
 
 
+def test_a_run_whose_length_is_no_multiple_of_the_checkpoint_interval_saves_its_last_step(flip_run):
+    # 7 steps, a checkpoint every 3: 3 and 6, then the final step 7 (the run's end is always saved).
+    config, workdir = flip_run
+    assert (config.num_train_steps, config.checkpoint_every_steps) == (7, 3)
+    assert checkpoint.checkpoint_manager(workdir, create=False).all_steps() == [3, 6, 7]
+
+
 def test_eval_on_the_workdir_reproduces_the_final_evaluation(trained, tmp_path):
     config, _, final = trained
     workdir = _copy_of(trained, tmp_path)
@@ -330,16 +337,20 @@ def test_bfloat16_follows_the_float32_loss_trajectory():
     assert np.ptp(full) > 0.05 * np.mean(full)
 
 
-def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+# Log every 2 steps, save every 3: step 5 is neither a log nor a checkpoint step, step 3 is a checkpoint step only
+# (the NaN/Inf watch must be read before that save too, or NaN parameters are saved as step 3).
+@pytest.mark.parametrize("bad_step, kept, latest, last_logged", [(5, [3], "step 3 in ", 4), (3, [], "none", 2)])
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, bad_step,
+                                                                                     kept, latest, last_logged):
     import jax.numpy as jnp
 
     from msml_jax.training import steps as train_steps
 
     real_step = train_steps.train_step
 
-    def poisoned(state, images, labels, *, settings):  # the 5th step's update turns every parameter into NaN
+    def poisoned(state, images, labels, *, settings):  # the bad step's update turns every parameter into NaN
         state, metrics = real_step(state, images, labels, settings=settings)
-        bad = state.step == 5
+        bad = state.step == bad_step
         params = __import__("jax").tree_util.tree_map(lambda p: jnp.where(bad, jnp.nan, p), state.params)
         metrics["loss"] = jnp.where(bad, jnp.nan, metrics["loss"])
         return state.replace(params=params), metrics
@@ -347,12 +358,12 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
     monkeypatch.setattr(train_steps, "train_step", poisoned)
     config = make_tiny_config()
     workdir = str(tmp_path / "run")
-    with pytest.raises(UserError, match=r"the loss became nan .* at step 5; training stopped .* latest good "
-                                        r"checkpoint is step 3 in "):
-        train_and_evaluate(config, workdir)
+    with pytest.raises(UserError, match=rf"the loss became nan .* at step {bad_step}; training stopped .* latest good "
+                                        rf"checkpoint is {latest}"):
+        train_and_evaluate(config, workdir, evaluate=False, tensorboard=False)
     manager = checkpoint.checkpoint_manager(workdir, create=False)
-    assert manager.all_steps() == [3]
-    assert max(r["step"] for r in _records(workdir)) == 4  # nothing logged of step 5
+    assert manager.all_steps() == kept
+    assert max(r["step"] for r in _records(workdir)) == last_logged  # nothing logged of the bad step
 
 
 def test_tensorboard_holds_the_logged_scalars(trained):
