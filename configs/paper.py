@@ -3,7 +3,8 @@
     python train.py --config configs/paper.py:market1501,resnet50,msml --workdir runs/market_r50_msml \
         --config.model.pretrained=/path/to/resnet50_imagenet.safetensors --config.data.manual_dir=/path/to/releases
 
-DATASET in market1501 | mars | cuhk03 | cuhk_sysu | all (the union of the four, evaluated on each),
+DATASET in market1501 | mars | cuhk03 | cuhk_sysu | all (the union of the four, evaluated on each); also
+dukemtmc_reid | msmt17: the same recipe on the image benchmarks re-ID reports today (not in the paper, not in `all`),
 BACKBONE in resnet50 | inception_v2 | resnet50x, LOSS in cls | triplet | quadruplet | trihard | msml
 (classification alone, or classification + that metric loss).
 
@@ -15,7 +16,8 @@ then 1e-5 (the paper gives no end: we stop 50 epochs into 1e-5, 250 epochs in al
 The schedule is in epochs (num_train_epochs, lr_boundary_epochs, ...): an epoch is every training identity drawn
 once, steps_per_epoch = num_train_ids // P, counted from the training split actually loaded
 (msml_jax/training/schedule.py). With the official releases at P = 32 that is: market1501 751 ids -> 23 steps,
-mars 625 -> 19, cuhk03 (classic, labeled) 1,367 -> 42, cuhk_sysu 5,532 -> 172, all 8,275 -> 258. A step field
+mars 625 -> 19, cuhk03 (classic, labeled) 1,367 -> 42, cuhk_sysu 5,532 -> 172, all 8,275 -> 258, dukemtmc_reid
+702 -> 21, msmt17 1,041 -> 32 (its list_train + list_val). A step field
 given on the command line (e.g. --config.num_train_steps=10) wins over its epoch field.
 
 CUHK03 is trained and evaluated in the classic protocol the paper used (1,367 training / 100 test identities,
@@ -24,7 +26,8 @@ single-gallery-shot CMC over 10 draws): config.data.protocol = "classic" ("new" 
 
 from msml_jax.config_files import sibling_config
 
-DATASETS = ("market1501", "mars", "cuhk03", "cuhk_sysu", "all")
+PAPER_DATASETS = ("market1501", "mars", "cuhk03", "cuhk_sysu")  # the paper's union, `all`
+DATASETS = (*PAPER_DATASETS, "all", "dukemtmc_reid", "msmt17")
 BACKBONES = ("resnet50", "inception_v2", "resnet50x")
 LOSSES = ("cls", "triplet", "quadruplet", "trihard", "msml")
 EPOCHS = (50, 150, 50)  # at 1e-3, 1e-4, 1e-5
@@ -45,7 +48,7 @@ def _parse(arg):
 def get_config(arg=None):
     dataset, backbone, loss = _parse(arg)
     config = sibling_config(__file__, "synthetic")
-    train = DATASETS[:4] if dataset == "all" else (dataset,)
+    train = PAPER_DATASETS if dataset == "all" else (dataset,)
 
     config.data.name = train[0]  # named in messages; the datasets are config.data.train
     config.data.train = train

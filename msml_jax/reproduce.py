@@ -432,9 +432,10 @@ def parse_args(argv):
         description="Train and evaluate every (loss, seed or split) and write the paper-style comparison table.")
     parser.add_argument("--table", help="name of the table: workdirs <root>/<table>/..., results "
                                          "docs/results/<table>.jsonl (default: the dataset's name)")
-    parser.add_argument("--dataset", default="", help="config.data.name (viper, prid2011: ten splits)")
-    parser.add_argument("--config", default="", help="base config file (default: configs/viper.py for viper and "
-                                                     "prid2011, else configs/synthetic.py)")
+    parser.add_argument("--dataset", default="", help="config.data.name (one whose protocol has random splits, "
+                                                      "e.g. viper, is compared over --splits)")
+    parser.add_argument("--config", default="", help="base config file (default: configs/viper.py for a dataset "
+                                                     "with random splits, else configs/synthetic.py)")
     parser.add_argument("--backbone", default="", help="config.model.name")
     parser.add_argument("--image_size", default="", help="HEIGHT,WIDTH of the network input")
     parser.add_argument("--steps", type=int, default=0, help="training steps per run (lr_boundaries and "
@@ -442,8 +443,8 @@ def parse_args(argv):
     losses, _ = registered_losses()
     parser.add_argument("--losses", default=",".join(losses), help="comma-separated, of " + ", ".join(losses))
     parser.add_argument("--seeds", default="", help="training seeds, e.g. 0,1,2 or 0-2 (default 0,1,2)")
-    parser.add_argument("--splits", default="", help="protocol splits (data.trial) of viper / prid2011, e.g. 0-9 "
-                                                     "(the default for those)")
+    parser.add_argument("--splits", default="", help="protocol splits (data.trial) of a dataset with random "
+                                                     "splits, e.g. 0-9 (the default for those)")
     parser.add_argument("--data_dir", default="", help="config.data.data_dir (not part of a run's key)")
     parser.add_argument("--manual_dir", default="", help="config.data.manual_dir (not part of a run's key)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

@@ -50,13 +50,22 @@ def tiny_config():
 
 
 @pytest.fixture(scope="session")
-def tiny_flip_run(tmp_path_factory):
-    """A tiny trained run (`make_tiny_config`, evaluated with the flip test): read it only; copy it to write to it."""
+def flip_run(tmp_path_factory):
+    """A tiny run evaluated with the flip test, 7 steps saving every 3 (not a multiple): (config, workdir).
+
+    Read it only; copy it to write to it.
+    """
     from msml_jax.training.loop import train_and_evaluate
 
     config = make_tiny_config()
-    with config.unlocked():
-        config.eval.flip = True
+    config.num_train_steps = 7
+    config.eval.flip = True
     workdir = str(tmp_path_factory.mktemp("flip_run"))
     train_and_evaluate(config, workdir, tensorboard=False)
-    return workdir
+    return config, workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_flip_run(flip_run):
+    """The workdir of `flip_run`."""
+    return flip_run[1]

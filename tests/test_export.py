@@ -102,3 +102,25 @@ def test_the_embedder_the_evaluation_and_the_export_give_the_same_embeddings(tin
     assert np.linalg.norm(evaluated, axis=1).std() > 1e-3  # raw: not unit rows
     np.testing.assert_allclose(embedded, evaluated, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(exported, evaluated, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_export_of_a_run_evaluated_with_flip(flip_run, tiny_splits, tmp_path):
+    # eval.py --export: the exported embedder computes what the evaluation ranks with, the run's flip test included
+    # (raw embeddings; the JSON says to l2-normalize them before euclidean distances).
+    import shutil
+
+    from msml_jax.evaluation.workdir import evaluate_run
+    from tests.test_inference import flip_embeddings
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(flip_run[1], workdir)
+    path, features = str(tmp_path / "embedder.jaxexport"), str(tmp_path / "features.npz")
+    (record,) = evaluate_run(workdir, export_path=path, features_path=features)
+    assert record["flip"] is True
+    fn, info = load_exported(path)
+    assert (info["flip"], info["normalize"], info["distance"], info["step"]) == (True, True, "euclidean", 7)
+    images = np.asarray(tiny_splits["gallery"]["images"][:10])
+    _, want = flip_embeddings(workdir, images)
+    np.testing.assert_allclose(np.asarray(fn(images)), want, rtol=1e-5, atol=1e-5)
+    evaluated = np.load(features)["synthetic/gallery/embeddings"][:10]
+    np.testing.assert_allclose(np.asarray(fn(images)), evaluated, rtol=1e-5, atol=1e-5)

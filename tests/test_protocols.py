@@ -242,3 +242,38 @@ def test_rerank_settings_are_refused_naming_the_value():
     with pytest.raises(UserError, match=r"config.eval.k1=20 \(re-ranking\) is larger than the gallery of tiny "
                                         r"\(7 items\): set it to at most 7"):
         Evaluator(None, sets, EvalSettings(rerank=(20, 6, 0.3)), None)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.parametrize("batch_size", [2, 16])  # a tracklet's frames over several batches; all in one batch
+def test_pooling_of_negative_frame_features(pooling, batch_size):
+    # Frame features below 0 (mean colour - 100): max pooling must start from -inf, not from 0.
+    from msml_jax.evaluation.retrieval import embed_split
+
+    values = [10, 30, 50, 5, 60, 20, 90]
+    groups = np.array([4, 4, 7, 2, 7, 2, 7])
+    split = {"images": _frames(values), "pids": np.zeros(7, int), "camids": np.zeros(7, int)}
+    embed = jax.jit(lambda variables, x: jnp.mean(x.astype(jnp.float32), axis=(1, 2)) - 100.0)
+    pooled, ids, first = embed_split(embed, {}, split, batch_size=batch_size, image_size=(4, 2), groups=groups,
+                                     pooling=pooling)
+    reduce = np.mean if pooling == "avg" else np.max
+    want = {g: reduce([v - 100.0 for v, h in zip(values, groups) if h == g]) for g in (2, 4, 7)}
+    np.testing.assert_array_equal(ids, [2, 4, 7])
+    np.testing.assert_array_equal(first, [3, 0, 2])
+    np.testing.assert_allclose(pooled, np.repeat([[want[2]], [want[4]], [want[7]]], 3, axis=1), rtol=1e-6)
+    assert pooled.max() < 0
+
+
+@pytest.mark.parametrize("rerank", [False, True])
+def test_eval_settings_read_every_field_of_the_config(rerank):
+    # Every config.eval field, set away from its default, reaches the settings the evaluator ranks with.
+    from msml_jax.config import validate_config
+    from tests.conftest import make_tiny_config
+
+    config = make_tiny_config()
+    config.eval.update(flip=True, metric="cosine", pooling="max", rerank=rerank, k1=7, k2=3, lambda_value=0.45)
+    config.normalize, config.eval_batch_size = False, 10
+    validate_config(config)  # the field names above are the schema's
+    settings = EvalSettings.from_config(config, num_devices=4)
+    assert settings == EvalSettings(flip=True, metric="cosine", pooling="max", normalize=False,
+                                    rerank=(7, 3, 0.45) if rerank else None, batch_size=12, image_size=(32, 16))

@@ -187,3 +187,30 @@ def test_neighbour_selection_orders_ties_by_index(dtype):
     m = rng.integers(0, 6, (37, 3000)).astype(dtype)
     for k in (1, 5, 21):
         np.testing.assert_array_equal(rerank._smallest_k(m, k), np.argsort(m, axis=1, kind="stable")[:, :k])
+
+
+@pytest.mark.parametrize("source", ["matrices", "embeddings"])
+@pytest.mark.parametrize("neighbour_rows", [None, 5])  # one block of rows; blocks of 5 rows (12 blocks)
+def test_neighbour_blocks_match_transcription(monkeypatch, source, neighbour_rows):
+    # The neighbour lists come one block of rows at a time: each block must zero its own rows' diagonal.
+    q, g, _, _ = problem(seed=13, num_q=9, num_ids=10, per_id=6)
+    n = len(q) + len(g)
+    if neighbour_rows:
+        monkeypatch.setattr(rerank, "_NEIGHBOUR_BLOCK_BYTES", neighbour_rows * n * 4)
+    seen = []  # rows per block of the neighbour pass (the [rows, N] blocks)
+    real = rerank.search.block_rows_for
+
+    def block_rows_for(num_rows, row_elements, *args, **kwargs):
+        rows = real(num_rows, row_elements, *args, **kwargs)
+        if (num_rows, row_elements) == (n, n):
+            seen.append(rows)
+        return rows
+
+    monkeypatch.setattr(rerank.search, "block_rows_for", block_rows_for)
+    inputs = dense_inputs(q, g)
+    if source == "matrices":
+        got = rerank.k_reciprocal_rerank(*inputs, k1=6, k2=3, lambda_value=0.3)
+    else:
+        got = np.concatenate([b for _, b in rerank.k_reciprocal_rerank_blocks(q, g, k1=6, k2=3, lambda_value=0.3)])
+    assert seen == [neighbour_rows or n]
+    np.testing.assert_allclose(got, reference_rerank(*inputs, 6, 3, 0.3), rtol=0, atol=1e-5)

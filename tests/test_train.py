@@ -72,6 +72,13 @@ def test_checkpoints_hold_state_and_config(trained):
     assert restored["config"]["loss"] == config.loss and restored["config"]["P"] == config.P
 
 
+def test_a_run_whose_length_is_no_multiple_of_the_checkpoint_interval_saves_its_last_step(flip_run):
+    # 7 steps, a checkpoint every 3: 3 and 6, then the final step 7 (the run's end is always saved).
+    config, workdir = flip_run
+    assert (config.num_train_steps, config.checkpoint_every_steps) == (7, 3)
+    assert checkpoint.checkpoint_manager(workdir, create=False).all_steps() == [3, 6, 7]
+
+
 def test_eval_on_the_workdir_reproduces_the_final_evaluation(trained, tmp_path):
     config, _, final = trained
     workdir = _copy_of(trained, tmp_path)
@@ -253,6 +260,8 @@ def test_every_point_of_the_paper_grid_builds_and_validates():
         ("cuhk03", (50 * 42, 200 * 42), 250 * 42),  # 1367 ids
         ("cuhk_sysu", (50 * 172, 200 * 172), 250 * 172),  # 5532 ids
         ("all", (50 * 258, 200 * 258), 250 * 258),  # 8275 ids
+        ("dukemtmc_reid", (50 * 21, 200 * 21), 250 * 21),  # 702 ids
+        ("msmt17", (50 * 32, 200 * 32), 250 * 32),  # 1041 ids (list_train + list_val)
     ],
 )
 def test_paper_schedule_in_steps(dataset, boundaries, total):
@@ -260,7 +269,7 @@ def test_paper_schedule_in_steps(dataset, boundaries, total):
     from msml_jax.training.steps import learning_rate_schedule
 
     ids = {"market1501": 751, "mars": 625, "cuhk03": 1367, "cuhk_sysu": 5532}
-    num_ids = sum(ids.values()) if dataset == "all" else ids[dataset]
+    num_ids = sum(ids.values()) if dataset == "all" else {**ids, "dukemtmc_reid": 702, "msmt17": 1041}[dataset]
     config = resolve_epochs(_paper_config(f"{dataset},resnet50,msml"), num_ids // 32)
     assert tuple(config.lr_boundaries) == boundaries and config.num_train_steps == total
     assert config.checkpoint_every_steps == total // 25 and config.eval_every_steps == total // 10
@@ -328,16 +337,20 @@ def test_bfloat16_follows_the_float32_loss_trajectory():
     assert np.ptp(full) > 0.05 * np.mean(full)
 
 
-def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+# Log every 2 steps, save every 3: step 5 is neither a log nor a checkpoint step, step 3 is a checkpoint step only
+# (the NaN/Inf watch must be read before that save too, or NaN parameters are saved as step 3).
+@pytest.mark.parametrize("bad_step, kept, latest, last_logged", [(5, [3], "step 3 in ", 4), (3, [], "none", 2)])
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, bad_step,
+                                                                                     kept, latest, last_logged):
     import jax.numpy as jnp
 
     from msml_jax.training import steps as train_steps
 
     real_step = train_steps.train_step
 
-    def poisoned(state, images, labels, *, settings):  # the 5th step's update turns every parameter into NaN
+    def poisoned(state, images, labels, *, settings):  # the bad step's update turns every parameter into NaN
         state, metrics = real_step(state, images, labels, settings=settings)
-        bad = state.step == 5
+        bad = state.step == bad_step
         params = __import__("jax").tree_util.tree_map(lambda p: jnp.where(bad, jnp.nan, p), state.params)
         metrics["loss"] = jnp.where(bad, jnp.nan, metrics["loss"])
         return state.replace(params=params), metrics
@@ -345,12 +358,12 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
     monkeypatch.setattr(train_steps, "train_step", poisoned)
     config = make_tiny_config()
     workdir = str(tmp_path / "run")
-    with pytest.raises(UserError, match=r"the loss became nan .* at step 5; training stopped .* latest good "
-                                        r"checkpoint is step 3 in "):
-        train_and_evaluate(config, workdir)
+    with pytest.raises(UserError, match=rf"the loss became nan .* at step {bad_step}; training stopped .* latest good "
+                                        rf"checkpoint is {latest}"):
+        train_and_evaluate(config, workdir, evaluate=False, tensorboard=False)
     manager = checkpoint.checkpoint_manager(workdir, create=False)
-    assert manager.all_steps() == [3]
-    assert max(r["step"] for r in _records(workdir)) == 4  # nothing logged of step 5
+    assert manager.all_steps() == kept
+    assert max(r["step"] for r in _records(workdir)) == last_logged  # nothing logged of the bad step
 
 
 def test_tensorboard_holds_the_logged_scalars(trained):

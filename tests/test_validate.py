@@ -369,3 +369,46 @@ def test_flag_values_of_the_wrong_type_are_named(flag, accepted, message):
     else:
         with pytest.raises(UserError, match=message):
             check_config_flags(["train.py", *argv])
+
+
+# The accepted side of every range: each field's edge values (the low end, and the high end where the range has a
+# natural one) must validate. Written by hand from what each field means, not read from config.FIELDS, so a bound
+# made strict by mistake (margin = 0 refused, a probability of 1 refused) fails here.
+EDGES = {
+    "positive int": [1], "non-negative int": [0], "seed": [0, 2**32 - 1],
+    "positive float": [1e-9], "non-negative float": [0, 0.0], "probability": [0, 0.0, 1.0, 1],
+    "fraction below 1": [0, 0.0, 0.999999], "bool": [False, True], "string": [""],
+    "image size": [(16, 16), (4096, 4096)],  # small_resnet's stride is 16; 4096 the largest side accepted
+    "range of ints": [(1, 1), (1, 1000)], "range of fractions": [(1e-9, 1.0), (0.5, 0.5)],
+    "dataset names": [(), "synthetic", ("synthetic",)], "boundaries": [(), (1,), (1, 2)],
+    "trial": [0, 9], "last stride": [1, 2], "optional positive int": [None, 1, 1024], "k": [1],
+}
+# Fields whose range differs from their rule's, or has another natural high end.
+FIELD_EDGES = {
+    "data.synthetic.num_cameras": [2],  # one query and one gallery camera at least
+    "data.synthetic.image_size": [(1, 1), (4096, 4096)],
+    "lr_decay": [1e-9, 1.0], "data.erase_aspect": [1e-9, 1.0],  # 1.0: no decay; a square erased patch
+    "eval.k2": [1, 20],  # k2 = k1 (tiny config: k1 = 20)
+    "margin": [0, 0.0, 100.0], "beta": [0, 0.0, 100.0],
+}
+# Other fields an edge value needs to form a valid combination.
+COMPANIONS = {
+    ("P", 1): {"loss": "cls", "batch_size": 2}, ("K", 1): {"loss": "cls", "batch_size": 4},
+    ("batch_size", 1): {"loss": "cls", "P": 1, "K": 1},
+    ("num_train_steps", 0): {"num_train_epochs": 1}, ("checkpoint_every_steps", 0): {"checkpoint_every_epochs": 1},
+    ("eval.k1", 1): {"eval.k2": 1},
+}
+EDGE_CASES = [(field, value) for field in sorted(RULES) if RULES[field] != "choice"
+              for value in FIELD_EDGES.get(field, EDGES[RULES[field]])]
+
+
+def test_every_ranged_field_has_edge_values():
+    assert {field for field, _ in EDGE_CASES} == {f for f, rule in RULES.items() if rule != "choice"}
+
+
+@pytest.mark.parametrize("field, value", EDGE_CASES, ids=[f"{f}={v!r}" for f, v in EDGE_CASES])
+def test_edge_values_of_every_range_are_accepted(field, value):
+    tree = _set(dict(CONFIGS)["tiny"], field, value)
+    for other, companion in COMPANIONS.get((field, value), {}).items():
+        tree = _set(tree, other, companion)
+    validate_config(tree)

@@ -26,6 +26,12 @@ def triples(examples):
     return sorted((ex["file_name"], int(ex["pid"]), int(ex["camid"])) for ex in examples)
 
 
+def tracklet_records(examples):
+    """Sorted (file_name, pid, camid, tracklet, frame) of a video dataset's examples."""
+    return sorted((ex["file_name"], int(ex["pid"]), int(ex["camid"]), int(ex["tracklet"]), int(ex["frame"]))
+                  for ex in examples)
+
+
 def listing(data_dir):
     """Every path under data_dir (empty list when it holds nothing)."""
     if not os.path.exists(data_dir):
@@ -47,7 +53,7 @@ def truncate(path):
         f.write(data[: len(data) // 2])
 
 
-__all__ = ["build", "read_split", "triples", "listing", "decode", "truncate", "np"]
+__all__ = ["build", "read_split", "triples", "tracklet_records", "listing", "decode", "truncate", "np"]
 
 
 def check_like_tfds(builder_cls, manual_dir, data_dir, sizes, groups=None, **kwargs):
@@ -80,3 +86,65 @@ def check_like_tfds(builder_cls, manual_dir, data_dir, sizes, groups=None, **kwa
     reloaded = tfds.builder(builder_cls.name + (f"/{config}" if config else ""), data_dir=data_dir)
     assert {s: reloaded.info.splits[s].num_examples for s in sizes} == sizes
     return builder
+
+
+def build_release(builder_cls, root, expected, data_dir, archive=None, rows=triples):
+    """(builder, {split: examples}) of `check_like_tfds` on the generated release at `root`, each split's `rows`
+    checked to be `expected[split]`; with `archive` (a path), the release is zipped there first and its folder
+    removed (the download as it is)."""
+    import shutil
+
+    from tests.builder_fakes import zip_folder
+
+    if archive:
+        zip_folder(root, archive)
+        shutil.rmtree(root)
+    sizes = {split: len(want) for split, want in expected.items()}
+    builder = check_like_tfds(builder_cls, os.path.dirname(root), data_dir, sizes)
+    splits = {split: read_split(builder, split) for split in expected}
+    for split, want in expected.items():
+        assert rows(splits[split]) == want, split
+    return builder, splits
+
+
+def values(splits, key):
+    """{split: the set of its examples' int `key` values} (identities, cameras, tracklets)."""
+    return {split: {int(ex[key]) for ex in examples} for split, examples in splits.items()}
+
+
+def refused(builder_cls, manual_dir, data_dir, match):
+    """Building from `manual_dir` raises the UserError matching `match` and leaves `data_dir` as it was."""
+    import pytest
+
+    from msml_jax.errors import UserError
+
+    before = listing(data_dir)
+    with pytest.raises(UserError, match=match):
+        build(builder_cls, manual_dir, data_dir)
+    assert listing(data_dir) == before
+
+
+def refused_missing_and_incomplete(builder_cls, tmp_path, make, archive, part, match):
+    """An empty manual dir is refused with instructions naming `archive`; a release from `make(manual dir)`
+    (returning (root, ...)) without its `part` (a path under root) is refused with a message matching `match`.
+    Returns the manual dir (holding that incomplete release) and the untouched data dir."""
+    import shutil
+
+    manual, data = tmp_path / "manual", str(tmp_path / "data")
+    manual.mkdir()
+    refused(builder_cls, str(manual), data, archive)
+    root = make(str(manual))[0]
+    shutil.rmtree(os.path.join(root, part))
+    refused(builder_cls, str(manual), data, match)
+    return manual, data
+
+
+def refused_misnamed(builder_cls, manual_dir, data_dir, make, image, bad_name, match):
+    """A fresh release from `make(manual_dir)` (returning (root, ...)) with a copy of its `image` (a path under
+    root) named `bad_name` beside it is refused with a message matching `match`."""
+    import shutil
+
+    root = make(str(manual_dir))[0]
+    source = os.path.join(root, image)
+    shutil.copy(source, os.path.join(os.path.dirname(source), bad_name))
+    refused(builder_cls, str(manual_dir), data_dir, match)

@@ -42,23 +42,25 @@ def trial_split(pids, trial):
     return np.sort(identities[order[:half]]), np.sort(identities[order[half:]])
 
 
-def protocol_splits(read, trial, protocol=None):
+def protocol_splits(read, trial, protocol=None, cameras=("cam_a", "cam_b")):
     """{"train", "query", "gallery"} of protocol trial `trial`, each a dict of numpy arrays.
 
     `read(split name)` returns a prepared split of this builder as a dict of arrays.
     Train: both cameras' images of the 316 training identities; query: cam_a images of
-    the 316 test identities; gallery: their cam_b images.
+    the 316 test identities; gallery: their cam_b images. `cameras`: the names of the (query camera,
+    gallery camera) splits (another two-camera dataset drawn the same way names its own).
     """
-    cams = {c: read(c) for c in ("cam_a", "cam_b")}
-    train_ids, test_ids = trial_split(cams["cam_a"]["pids"], trial)
+    first, second = cameras
+    cams = {c: read(c) for c in cameras}
+    train_ids, test_ids = trial_split(cams[first]["pids"], trial)
 
     def take(split, ids):
         keep = np.isin(split["pids"], ids)
         return {k: v[keep] for k, v in split.items()}
 
-    a, b = take(cams["cam_a"], train_ids), take(cams["cam_b"], train_ids)
+    a, b = take(cams[first], train_ids), take(cams[second], train_ids)
     train = {k: np.concatenate([a[k], b[k]]) for k in a}
-    return {"train": train, "query": take(cams["cam_a"], test_ids), "gallery": take(cams["cam_b"], test_ids)}
+    return {"train": train, "query": take(cams[first], test_ids), "gallery": take(cams[second], test_ids)}
 
 
 def trim_bmp(data):
