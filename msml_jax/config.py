@@ -549,7 +549,7 @@ def load_config_file(path):
 
 def check_config_flags(argv):
     """UserError for a --config file that cannot be loaded (`load_config_file`), a --config.FIELD=VALUE override
-    naming no field of it, given twice, or with a value that field's type cannot parse (--config.P=abc).
+    naming no field of it, a tuple field given twice, or a value that field's type cannot parse (--config.P=abc).
 
     ml_collections would stop on the first with an AttributeError traceback and on the second with absl's "FATAL
     Flags parsing error" (exit 1) while parsing flags, before any entry point runs; call this first (see train.py).
@@ -568,10 +568,6 @@ def check_config_flags(argv):
                 values[name] = value
             elif arg.startswith("--config.") and i + 1 < len(args) and not args[i + 1].startswith("--"):
                 values[name] = args[i + 1]  # --config.P 8
-    twice = sorted({name for name in overrides if overrides.count(name) > 1})
-    if twice:
-        raise UserError(f"--config.{twice[0]} is given twice: give each field once (a tuple given twice would be "
-                        f"joined, not replaced)")
     if not path:
         return
     config = load_config_file(path)
@@ -580,6 +576,10 @@ def check_config_flags(argv):
     file = path.partition(":")[0]
     tree = _as_dict(config)
     present = {name for name, _ in _walk(tree)}
+    for name in sorted({name for name in overrides if overrides.count(name) > 1}):
+        if isinstance(_get(tree, name), (tuple, list)):  # ml_collections joins the two tuples (a scalar: last wins)
+            raise UserError(f"--config.{name} is given twice: give it once (a tuple given twice is joined, not "
+                            f"replaced)")
     for name in overrides:
         current = _get(tree, name)
         if current is _MISSING:

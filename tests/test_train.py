@@ -112,7 +112,7 @@ def test_eval_with_flip_saves_features_that_load_with_numpy(trained, tmp_path, t
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(protocol="classic"), r"config.data.protocol='classic' is not a protocol of the evaluated dataset"),
+    (dict(protocol="classic"), r"--protocol='classic' is not a protocol of the evaluated dataset"),
     (dict(checkpoint="5"), r"--checkpoint=5: .* holds the steps 3, 6: pass one of those, latest or best"),
     (dict(features_path="/nonexistent-folder/f.npz"), r"the folder /nonexistent-folder does not exist"),
     (dict(datasets=["nosuch"]), r"unknown dataset 'nosuch'"),
