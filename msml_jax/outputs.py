@@ -25,7 +25,8 @@ def check_file(path, flag, suffix=""):
     if not os.access(folder, os.W_OK):
         raise UserError(f"{flag}={path}: the folder {folder} is not writable: choose another path")
     if suffix and not path.endswith(suffix):
-        raise UserError(f"{flag}={path}: the file name must end in {suffix}, e.g. {path}{suffix}")
+        raise UserError(f"{flag}={path}: the file name must end in {suffix}, e.g. "
+                        f"{os.path.splitext(path)[0] + suffix}")
 
 
 def check_folder(path, flag):
