@@ -48,6 +48,7 @@ Only numpy and jax are needed.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -63,8 +64,12 @@ from msml_jax.evaluation import search
 __all__ = ["k_reciprocal_rerank", "k_reciprocal_rerank_blocks"]
 
 
-# Row blocks of the neighbour pass: [rows, N] float32 slabs of about this size.
+# Row blocks of the neighbour pass from distance matrices: [rows, N] float32 slabs of about this size.
 _NEIGHBOUR_BLOCK_BYTES = 64 << 20
+# From embeddings: [B, B] float32 tiles of the symmetric N x N of about this size.
+_NEIGHBOUR_TILE_BYTES = 64 << 20
+# Neighbours kept per row beyond the k needed (the margin for M's rounding ties).
+_NEIGHBOUR_SLACK = 4
 # Rows per vectorized step of the V construction (bounds its [b, K, H, K] tests).
 _SET_BLOCK_ROWS = 4096
 # Expanded (query entry, gallery entry) pairs per step of the Jaccard sums.
@@ -234,16 +239,97 @@ class _Matrices:
         return top, col_max
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "k"))
-def _neighbour_block(xb, row0, x, aux, metric, k):
-    d2 = _squared_block(xb, x, aux, metric)
-    rows = row0 + jnp.arange(xb.shape[0])
-    # pairwise_distance(x) has an exact 0 diagonal; so does D here.
-    d2 = jnp.where(jnp.arange(x.shape[0])[None, :] == rows[:, None], 0.0, d2)
-    mx = d2.max(axis=1)
-    m = d2 / mx[:, None]
-    _, idx = jax.lax.top_k(-jnp.where(m > 0, m, 0.0), k)  # ties: lower index first
-    return idx, mx
+def _tile_d2(xa, xb, aux_a, aux_b, metric):
+    """D2 of rows ``xa`` x rows ``xb`` as one matmul of augmented rows (no [a, b] sums after it).
+
+    Euclidean: ``[x_a, |x_a|^2, 1] . [-2 x_b, 1, |x_b|^2]``, which may round below
+    0 (the reader clamps); cosine: ``[x_a / |x_a|, 1] . [-x_b / |x_b|, 1]`` = D,
+    clipped to [0, 2] and squared.  ``aux_*``: ``gallery_aux`` of the rows.
+    """
+    hi = jax.lax.Precision.HIGHEST
+    dim = xa.shape[1]
+    pad = -(dim + 2) % 8  # a multiple of 8 columns: the matmul's fast path
+    ones_a, ones_b = jnp.ones((xa.shape[0], 1), xa.dtype), jnp.ones((xb.shape[0], 1), xb.dtype)
+    if metric == EUCLIDEAN:
+        lhs = jnp.concatenate([xa, aux_a[:, None], ones_a], axis=1)
+        rhs = jnp.concatenate([-2.0 * xb, ones_b, aux_b[:, None]], axis=1)
+    else:
+        lhs = jnp.concatenate([xa * aux_a[:, None], ones_a], axis=1)
+        rhs = jnp.concatenate([-(xb * aux_b[:, None]), ones_b], axis=1)
+    lhs, rhs = jnp.pad(lhs, ((0, 0), (0, pad))), jnp.pad(rhs, ((0, 0), (0, pad)))
+    d = jnp.matmul(lhs, rhs.T, precision=hi)
+    if metric == EUCLIDEAN:
+        return d
+    d = jnp.clip(d, 0.0, 2.0)
+    return d * d
+
+
+_tile_d2_jit = jax.jit(_tile_d2, static_argnames=("metric",))
+
+
+@functools.partial(jax.jit, static_argnames=("metric",))
+def _neighbour_tile(xa, xb, aux_a, aux_b, tau_a, tau_b, metric):
+    """One off-diagonal tile of the symmetric N x N: raw D2 (clamp it to >= 0), candidates, maxima.
+
+    ``code`` bit 0: ``d2 <= tau_a`` (a candidate of row a), bit 1: ``d2 <= tau_b``
+    (a candidate of row b, the tile read transposed).
+    """
+    d2 = _tile_d2(xa, xb, aux_a, aux_b, metric)
+    code = ((d2 <= tau_a[:, None]).astype(jnp.int8)
+            | ((d2 <= tau_b[None, :]).astype(jnp.int8) << 1))
+    return d2, code, d2.max(axis=1), d2.max(axis=0)
+
+
+def _clamp(d2: np.ndarray) -> np.ndarray:
+    """``max(d2, 0)`` with exact zeros ``+0.0``, in place."""
+    np.copyto(d2, np.float32(0), where=~(d2 > 0))
+    return d2
+
+
+def _flat_nonzero_sparse(code: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero`` of a 1-D int8 array that is mostly 0: scans it 8 bytes at a time (~8x faster)."""
+    whole = code.size // 8 * 8
+    words = np.flatnonzero(code[:whole].view(np.uint64))
+    flat = (words[:, None] * 8 + np.arange(8)).reshape(-1)
+    flat = flat[code[flat] != 0]
+    return np.concatenate([flat, whole + np.flatnonzero(code[whole:])])
+
+
+class _TopK:
+    """Per row, the k smallest (d2, column) seen so far, merged from candidate batches."""
+
+    def __init__(self, n: int, k: int):
+        self.n, self.k = n, k
+        self.vals = np.full((n, k), np.inf, np.float32)
+        self.cols = np.full((n, k), n, np.int64)  # n: padding, after every real column
+        self.col_bits = int(n).bit_length()
+
+    def bound(self, r0: int, r1: int) -> np.ndarray:
+        """Upper bounds of rows [r0, r1)'s k-th smallest d2 (inf until k seen)."""
+        return self.vals[r0:r1, -1]
+
+    def merge(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+        if rows.size == 0:
+            return
+        k = self.k
+        uniq, local = np.unique(rows, return_inverse=True)
+        u = uniq.size
+        all_local = np.concatenate([np.repeat(np.arange(u), k), local])
+        all_cols = np.concatenate([self.cols[uniq].ravel(), cols])
+        all_vals = np.concatenate([self.vals[uniq].ravel(), vals])
+        # One int64 key (row, value, column): a non-negative float32's bit
+        # pattern orders like its value (+0.0 only; inf included).
+        cb = self.col_bits
+        if int(u - 1).bit_length() + 31 + cb <= 63:
+            bits = (all_vals + np.float32(0)).view(np.int32).astype(np.int64)
+            key = np.sort((((all_local.astype(np.int64) << 31) | bits) << cb) | all_cols)
+            take = key.reshape(-1)[np.searchsorted(key >> (31 + cb), np.arange(u))[:, None] + np.arange(k)]
+            self.cols[uniq] = take & ((1 << cb) - 1)
+            self.vals[uniq] = ((take >> cb) & 0x7FFFFFFF).astype(np.int32).view(np.float32)
+        else:
+            order = np.lexsort((all_cols, all_vals, all_local))
+            take = order[np.searchsorted(all_local[order], np.arange(u))[:, None] + np.arange(k)]
+            self.cols[uniq], self.vals[uniq] = all_cols[take], all_vals[take]
 
 
 def _squared_block(xb, x, aux, metric):
@@ -271,18 +357,80 @@ class _Embeddings:
         self.host_aux = np.asarray(self.aux)
 
     def neighbours(self, k: int):
+        """(``[N, k]`` nearest items by (M, index), ``[N]`` float32 maxima of D2's rows).
+
+        D is symmetric: each tile of blocks (I, J), J >= I, is computed once and
+        read both ways (rows of I over columns J, rows of J over columns I).
+        Per row, the ``k + _NEIGHBOUR_SLACK`` smallest (D2, index) are kept,
+        merged tile by tile; a tile passes on only the entries at or below each
+        row's current bound.  M = D2 / max orders like D2 up to rounding ties:
+        the k smallest by (M, index) are chosen among the kept ones, and a row
+        whose kept set could miss one (its last kept entry rounds to the k-th
+        M) is recomputed in full.
+        """
         n = self.num_query + self.num_gallery
-        rows = search.block_rows_for(n, n, _NEIGHBOUR_BLOCK_BYTES)
-        top = np.empty((n, k), np.int64)
-        col_max = np.empty(n, np.float32)
-        for blk_rows, xb in search._padded_blocks(self.x, rows):
-            idx, mx = _neighbour_block(xb, blk_rows.start, self.x, self.aux, self.metric, k)
-            i0, i1 = blk_rows.start, blk_rows.stop
-            mx = np.asarray(mx)[: i1 - i0]
-            _check_row_max(mx, i0)
-            col_max[i0:i1] = mx
-            top[i0:i1] = np.asarray(idx)[: i1 - i0]
-        return top, col_max
+        tile = search.block_rows_for(n, min(n, math.isqrt(_NEIGHBOUR_TILE_BYTES // 4)), _NEIGHBOUR_TILE_BYTES)
+        edges = list(range(0, n, tile)) + [n]
+        blocks = list(zip(edges[:-1], edges[1:]))
+        pairs = [(bi, bj) for i, bi in enumerate(blocks) for bj in blocks[i:]]
+        kept = min(n, k + _NEIGHBOUR_SLACK)
+        best = _TopK(n, kept)
+        row_max = np.zeros(n, np.float32)
+
+        def submit(bi, bj):
+            (a0, a1), (b0, b1) = bi, bj
+            xa, xb, aux_a, aux_b = self.x[a0:a1], self.x[b0:b1], self.aux[a0:a1], self.aux[b0:b1]
+            if a0 == b0:
+                return _tile_d2_jit(xa, xa, aux_a, aux_a, self.metric), None, None, None
+            return _neighbour_tile(xa, xb, aux_a, aux_b, best.bound(a0, a1), best.bound(b0, b1), self.metric)
+
+        # The diagonal tiles first: each row's bound comes from its own block,
+        # before any other tile is read.
+        pairs.sort(key=lambda p: p[0] != p[1])
+        pending = submit(*pairs[0])
+        for t, ((a0, a1), (b0, b1)) in enumerate(pairs):
+            d2, code, mx_a, mx_b = pending
+            diagonal = a0 == b0
+            if t + 1 < len(pairs) and not diagonal:
+                pending = submit(*pairs[t + 1])  # runs while this tile is read
+            if diagonal:
+                d2 = _clamp(np.array(d2))
+                np.fill_diagonal(d2, 0.0)  # pairwise_distance(x) has an exact 0 diagonal; so does D here.
+                np.maximum(row_max[a0:a1], d2.max(axis=1), out=row_max[a0:a1])
+                if a1 - a0 > kept:
+                    bound = np.partition(d2, kept - 1, axis=1)[:, kept - 1]
+                    r, cc = np.nonzero(d2 <= bound[:, None])
+                else:
+                    r, cc = np.nonzero(np.ones(d2.shape, bool))
+                best.merge(a0 + r, b0 + cc, d2[r, cc])
+                if t + 1 < len(pairs):
+                    pending = submit(*pairs[t + 1])
+                continue
+            np.maximum(row_max[a0:a1], np.asarray(mx_a), out=row_max[a0:a1])
+            code = np.asarray(code).reshape(-1)
+            flat = _flat_nonzero_sparse(code)
+            c, v = code[flat], _clamp(np.asarray(d2).reshape(-1)[flat])
+            r, cc = np.divmod(flat, b1 - b0)
+            own = (c & 1) != 0
+            np.maximum(row_max[b0:b1], np.asarray(mx_b), out=row_max[b0:b1])
+            other = (c & 2) != 0
+            best.merge(np.concatenate([a0 + r[own], b0 + cc[other]]),
+                       np.concatenate([b0 + cc[own], a0 + r[other]]), np.concatenate([v[own], v[other]]))
+        del pending
+        _check_row_max(row_max, 0)
+        m = best.vals / row_max[:, None]  # float32 / float32, as published
+        order = np.lexsort((best.cols, m), axis=-1)
+        top = np.take_along_axis(best.cols, order[:, :k], axis=1)
+        if kept < n:
+            # Entries not kept have D2 >= the last kept one: their M is at least its M.
+            last = np.take_along_axis(m, order[:, k - 1:k], axis=1)[:, 0]
+            redo = np.flatnonzero(~(last < m[:, -1]))
+            for r0 in range(0, redo.size, tile):
+                rows = redo[r0:r0 + tile]
+                d2 = _clamp(np.array(_tile_d2_jit(self.x[rows], self.x, self.aux[rows], self.aux, self.metric)))
+                d2[np.arange(rows.size), rows] = 0.0
+                top[rows] = _smallest_k(d2 / row_max[rows, None], k)
+        return top, row_max
 
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Squared distances of the pairs, float32 (host, in chunks)."""
