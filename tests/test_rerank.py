@@ -216,3 +216,33 @@ def test_neighbour_blocks_match_transcription(monkeypatch, source, neighbour_row
         got = np.concatenate([b for _, b in rerank.k_reciprocal_rerank_blocks(q, g, k1=6, k2=3, lambda_value=0.3)])
     assert seen == [neighbour_rows or n]
     np.testing.assert_allclose(got, reference_rerank(*inputs, 6, 3, 0.3), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("slack", [0, 4])
+def test_neighbour_tiles_recompute_rows_that_may_miss_a_neighbour(monkeypatch, slack):
+    # From embeddings each row keeps k + _NEIGHBOUR_SLACK candidates by D2; a row whose last kept
+    # entry rounds to the k-th M is recomputed in full. Slack 0: every row is; 7-row tiles.
+    q, g, _, _ = problem(seed=13, num_q=9, num_ids=10, per_id=6)
+    g = np.concatenate([g, g[:3]])  # exact ties
+    monkeypatch.setattr(rerank, "_NEIGHBOUR_SLACK", slack)
+    monkeypatch.setattr(rerank, "_NEIGHBOUR_TILE_BYTES", 7 * 7 * 4)
+    inputs = dense_inputs(q, g)
+    got = np.concatenate([b for _, b in rerank.k_reciprocal_rerank_blocks(q, g, k1=6, k2=3, lambda_value=0.3)])
+    np.testing.assert_allclose(got, reference_rerank(*inputs, 6, 3, 0.3), rtol=0, atol=1e-5)
+
+
+def test_top_k_merge_keeps_the_smallest_by_value_then_index():
+    # Merged in batches, the kept lists are a stable argsort's prefix; both key paths (one int64 key, lexsort).
+    rng = np.random.default_rng(3)
+    vals = rng.integers(0, 5, (6, 40)).astype(np.float32)
+    for col_bits in (None, 40):
+        best = rerank._TopK(40, 7)  # rows and columns index the same 40 items; rows 0..5 merged
+        if col_bits:
+            best.col_bits = col_bits  # too wide for one key: the lexsort path
+        for c0 in range(0, 40, 9):
+            rows, cols = np.nonzero(np.ones((6, min(9, 40 - c0)), bool))
+            best.merge(rows, c0 + cols, vals[rows, c0 + cols])
+        want = np.argsort(vals, axis=1, kind="stable")[:, :7]
+        np.testing.assert_array_equal(best.cols[:6], want)
+        np.testing.assert_array_equal(best.vals[:6], np.take_along_axis(vals, want, axis=1))
+        assert np.isinf(best.vals[6:]).all()
