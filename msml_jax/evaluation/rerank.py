@@ -337,16 +337,20 @@ def _dot_jit(xb, x):
     return jnp.matmul(xb, x.T, precision=jax.lax.Precision.HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnames=("metric",))
-def _squared_from_dot(dot, xb, aux, metric):
-    """D2 of rows ``xb`` x rows ``x`` (``search.block_distance``, squared for cosine) given ``dot = xb @ x.T``."""
+@functools.partial(jax.jit, static_argnames=("metric",), donate_argnums=(0,))
+def _scaled_from_dot(dot, xb, aux, col_max, lambda_value, metric):
+    """``lambda * (D2 / col_max)`` of rows ``xb`` x rows ``x`` given ``dot = xb @ x.T`` (its buffer is reused).
+
+    D2: ``search.block_distance`` (squared for cosine); float32 division then
+    product, as the published ``original_dist * lambda_value``.
+    """
     if metric == EUCLIDEAN:
         d2 = jnp.maximum(jnp.sum(xb * xb, axis=-1)[:, None] + aux[None, :] - 2.0 * dot, 0.0)
     else:
         cos = dot * (inverse_norm(xb)[:, None] * aux[None, :])
         d = jnp.clip(1.0 - cos, 0.0, 2.0)
         d2 = d * d
-    return jnp.where(d2 > 0, d2, 0.0)
+    return jnp.where(d2 > 0, d2, 0.0) / col_max[:, None] * lambda_value
 
 
 class _Embeddings:
@@ -402,14 +406,17 @@ class _Embeddings:
                 pending = submit(*pairs[t + 1])  # runs while this tile is read
             if diagonal:
                 d2 = _clamp(np.array(d2))
+                pending = None  # the device buffer
                 np.fill_diagonal(d2, 0.0)  # pairwise_distance(x) has an exact 0 diagonal; so does D here.
                 np.maximum(row_max[a0:a1], d2.max(axis=1), out=row_max[a0:a1])
-                if a1 - a0 > kept:
-                    bound = np.partition(d2, kept - 1, axis=1)[:, kept - 1]
-                    r, cc = np.nonzero(d2 <= bound[:, None])
-                else:
-                    r, cc = np.nonzero(np.ones(d2.shape, bool))
-                best.merge(a0 + r, b0 + cc, d2[r, cc])
+                for r0 in range(0, a1 - a0, 256):  # the partition's copies stay small
+                    part = d2[r0:r0 + 256]
+                    if part.shape[1] > kept:
+                        bound = np.partition(part, kept - 1, axis=1)[:, kept - 1]
+                        r, cc = np.nonzero(part <= bound[:, None])
+                    else:
+                        r, cc = np.nonzero(np.ones(part.shape, bool))
+                    best.merge(a0 + r0 + r, b0 + cc, part[r, cc])
                 if t + 1 < len(pairs):
                     pending = submit(*pairs[t + 1])
                 continue
@@ -442,7 +449,7 @@ class _Embeddings:
     def pairs(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Squared distances of the pairs, float32 (host, in chunks)."""
         out = np.empty(i.shape, np.float32)
-        step = 1 << 15
+        step = max(1, (8 << 20) // (4 * self.host_x.shape[1]))  # two [step, D] gathers of 8 MiB
         for s in range(0, i.size, step):
             a, b = i[s:s + step], j[s:s + step]
             dot = np.einsum("pd,pd->p", self.host_x[a], self.host_x[b])
@@ -454,13 +461,16 @@ class _Embeddings:
             out[s:s + step] = np.where(a == b, 0.0, d2)
         return out
 
-    def query_gallery_blocks(self, block_rows: int):
+    def query_gallery_blocks(self, block_rows: int, col_max: np.ndarray, lambda_value: float):
+        """Yields (rows, ``lambda * D2[Q + g, q] / col_max[q]`` float32, read-only), as ``_rerank`` needs."""
         q = self.num_query
         gallery, aux = self.x[q:], self.aux[q:]
         for rows, xb in search._padded_blocks(self.x[:q], block_rows):
+            mx = np.ones(xb.shape[0], np.float32)
+            mx[: rows.stop - rows.start] = col_max[rows]
             # Two calls: XLA's CPU backend would fuse the sums into the matmul, ~2.5x slower.
-            d2 = _squared_from_dot(_dot_jit(xb, gallery), xb, aux, self.metric)
-            yield rows, np.asarray(d2)[: rows.stop - rows.start]
+            term = _scaled_from_dot(_dot_jit(xb, gallery), xb, aux, mx, np.float32(lambda_value), self.metric)
+            yield rows, np.asarray(term)[: rows.stop - rows.start]
 
 
 # --------------------------------------------------------------------------
@@ -580,7 +590,10 @@ def _shared_mass(q0, q1, indptr, cols, vals, index, t: np.ndarray) -> np.ndarray
 
 
 def _rerank(source, k1, k2, lambda_value, qg_blocks, out=None) -> Iterator[Tuple[slice, np.ndarray]]:
-    """The re-ranked ``[b, G]`` blocks; ``qg_blocks`` yields (rows, D2[Q + g, q] block, float32).
+    """The re-ranked ``[b, G]`` blocks.
+
+    ``qg_blocks(col_max)`` yields (rows, ``lambda * (D2[Q + g, q] / col_max[q])``
+    block, float32): the weighted original distance.
 
     With ``out`` (``[Q, G]`` float32) the blocks are views of it.
     """
@@ -592,7 +605,7 @@ def _rerank(source, k1, k2, lambda_value, qg_blocks, out=None) -> Iterator[Tuple
         indptr, cols, vals = _query_expansion(indptr, cols, vals, top, k2)
     del top
     index = _gallery_index(indptr, cols, vals, num_q)
-    for rows, d2 in qg_blocks:
+    for rows, term in qg_blocks(col_max):
         q0, q1 = rows.start, rows.stop
         # In place, float32, the published expression:
         # (1 - t / (2 - t)) * (1 - lambda) + (D2 / col_max) * lambda.
@@ -601,9 +614,7 @@ def _rerank(source, k1, k2, lambda_value, qg_blocks, out=None) -> Iterator[Tuple
         np.divide(blk, 2.0 - blk, out=blk)
         np.subtract(1, blk, out=blk)
         np.multiply(blk, 1 - lambda_value, out=blk)
-        original = np.divide(d2, col_max[q0:q1, None], out=d2 if d2.flags.writeable else None)
-        np.multiply(original, lambda_value, out=original)
-        np.add(blk, original, out=blk)
+        np.add(blk, term, out=blk)
         yield rows, blk
 
 
@@ -637,8 +648,14 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
     out = np.empty((num_q, num_g), np.float32)
     rows = search.block_rows_for(num_q, num_g, _OUTPUT_BLOCK_BYTES)
     buf = np.empty((rows, num_g), np.float32)
-    qg = ((slice(a, min(a + rows, num_q)), source.query_gallery(a, min(a + rows, num_q), buf[:num_q - a]))
-          for a in range(0, num_q, rows))
+
+    def qg(col_max):
+        for a in range(0, num_q, rows):
+            b = min(a + rows, num_q)
+            d2 = source.query_gallery(a, b, buf[:b - a])
+            np.divide(d2, col_max[a:b, None], out=d2)
+            yield slice(a, b), np.multiply(d2, lambda_value, out=d2)
+
     for _ in _rerank(source, k1, k2, lambda_value, qg, out=out):
         pass
     return out
@@ -678,4 +695,6 @@ def k_reciprocal_rerank_blocks(query_emb, gallery_emb, k1: int = 20, k2: int = 6
         block_rows = search.block_rows_for(num_q, num_g, _OUTPUT_BLOCK_BYTES)
     elif isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
         raise ValueError(f"block_rows must be a positive integer, got {block_rows!r}")
-    return _rerank(source, k1, k2, lambda_value, source.query_gallery_blocks(int(min(block_rows, num_q))))
+    block_rows = int(min(block_rows, num_q))
+    return _rerank(source, k1, k2, lambda_value,
+                   lambda col_max: source.query_gallery_blocks(block_rows, col_max, lambda_value))
