@@ -20,8 +20,11 @@ meaning, same results.  With ``N = Q + G`` items (queries first):
 
 How it is computed (the published version holds several N x N matrices):
   * Only the k1 + 1 nearest neighbours of each item are kept, found one block
-    of rows of M at a time (``np.partition`` on host for the distance matrices,
-    ``jax.lax.top_k`` on the device for embeddings); each row's maximum comes
+    of rows of M at a time for the distance matrices (a bounded selection on
+    host); from embeddings D is symmetric, so each [B, B] tile of it is
+    computed once (one matmul) and read both ways: per row a running bound on
+    its (k1 + 1 + slack)-th smallest D2 lets only candidates leave the tile,
+    merged into an exact top list by (D2, index).  Each row's maximum comes
     from the same pass, as M's row i is D2's column i.
   * V is sparse (rows of ~k1 .. 1.5 k1 entries, ~k2 times more after the
     expansion): the reciprocity tests, the 2/3 rule and the expansion are
@@ -38,9 +41,10 @@ Differences from the published code, all below float32 rounding except ties:
     float32), the expansion's means add in another order: V differs from the
     published one by float32 rounding (~1e-7 relative).  The Jaccard sums and
     the final combination are float32 in the published order.
-  * From embeddings, distances are computed in blocks (``search.block_distance``),
-    not from the three given matrices, so they differ from a dense
-    ``pairwise_distance`` by matmul rounding.
+  * From embeddings, distances are computed in blocks (``search.block_distance``'s
+    formula; for the neighbour lists one matmul of rows augmented with their
+    squared norms, each pair once), not from the three given matrices, so they
+    differ from a dense ``pairwise_distance`` by matmul rounding.
 
 Only numpy and jax are needed.
 """
@@ -670,7 +674,7 @@ def k_reciprocal_rerank_blocks(query_emb, gallery_emb, k1: int = 20, k2: int = 6
     ``[query_emb; gallery_emb]``, i.e. the result is that of
     ``k_reciprocal_rerank(pd(q, g), pd(q, q), pd(g, g))`` (``pd`` =
     ``pairwise_distance``), up to matmul rounding and ties (module doc).  The
-    nearest-neighbour pass runs on the default JAX device in blocks of rows.
+    nearest-neighbour pass runs on the default JAX device in tiles of the symmetric ``N x N``.
 
     Args:
         query_emb: ``[Q, D]``; gallery_emb: ``[G, D]`` (NumPy or JAX arrays).
@@ -684,8 +688,8 @@ def k_reciprocal_rerank_blocks(query_emb, gallery_emb, k1: int = 20, k2: int = 6
         re-ranked distances; feed it to ``search.evaluate_ranking_blocks``.
         Arguments are checked at the call; the work starts at the first block.
 
-    Memory: the embeddings (host and device copies), ``[b, Q + G]`` blocks on
-    the device, the sparse V (~``(Q + G) * 30 * k2`` entries of 12 bytes) and
+    Memory: the embeddings (host and device copies), two ``[B, B]`` tiles of
+    the ``N x N`` distances (~64 MiB each) and the per-row top lists, the sparse V (~``(Q + G) * 30 * k2`` entries of 12 bytes) and
     one ``[b, G]`` block at a time.
     """
     source = _Embeddings(query_emb, gallery_emb, metric)
