@@ -309,8 +309,8 @@ class _TopK:
         self.col_bits = int(n).bit_length()
 
     def bound(self, r0: int, r1: int) -> np.ndarray:
-        """Upper bounds of rows [r0, r1)'s k-th smallest d2 (inf until k seen)."""
-        return self.vals[r0:r1, -1]
+        """Upper bounds of rows [r0, r1)'s k-th smallest d2 (inf until k seen), a copy."""
+        return self.vals[r0:r1, -1].copy()
 
     def merge(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
         if rows.size == 0:
@@ -443,8 +443,9 @@ class _Embeddings:
             # Entries not kept have D2 >= the last kept one: their M is at least its M.
             last = np.take_along_axis(m, order[:, k - 1:k], axis=1)[:, 0]
             redo = np.flatnonzero(~(last < m[:, -1]))
-            for r0 in range(0, redo.size, tile):
-                rows = redo[r0:r0 + tile]
+            step = max(1, _NEIGHBOUR_TILE_BYTES // (4 * n))  # [step, N] blocks
+            for r0 in range(0, redo.size, step):
+                rows = redo[r0:r0 + step]
                 d2 = _clamp(np.array(_tile_d2_jit(self.x[rows], self.x, self.aux[rows], self.aux, self.metric)))
                 d2[np.arange(rows.size), rows] = 0.0
                 top[rows] = _smallest_k(d2 / row_max[rows, None], k)
@@ -689,7 +690,8 @@ def k_reciprocal_rerank_blocks(query_emb, gallery_emb, k1: int = 20, k2: int = 6
         Arguments are checked at the call; the work starts at the first block.
 
     Memory: the embeddings (host and device copies), two ``[B, B]`` tiles of
-    the ``N x N`` distances (~64 MiB each) and the per-row top lists, the sparse V (~``(Q + G) * 30 * k2`` entries of 12 bytes) and
+    the ``N x N`` distances (~64 MiB each), the per-row top lists, the sparse
+    V (~``(Q + G) * 30 * k2`` entries of 12 bytes) and
     one ``[b, G]`` block at a time.
     """
     source = _Embeddings(query_emb, gallery_emb, metric)
