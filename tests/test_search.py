@@ -28,12 +28,15 @@ def exact_distances(q, g, metric):
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
-@pytest.mark.parametrize("block_rows", [5, None])
-def test_top_k_is_stable_argsort_prefix(metric, block_rows):
+@pytest.mark.parametrize("block_rows, gallery_rows", [(5, None), (None, None), (5, 9), (5, 4), (13, 6)])
+def test_top_k_is_stable_argsort_prefix(metric, block_rows, gallery_rows):
+    # gallery_rows: tiles of [block_rows, gallery_rows] (a row block's first one merged whole, the others
+    # through the bounds; 4 < k: the first tiles leave the bounds infinite).
     q, g, *_ = integer_problem(seed=0)
     dist = exact_distances(q, g, metric)
     assert any(len(np.unique(row)) < len(row) for row in dist)  # ties exist
-    idx, d = search.top_k(q, g, 7, metric, block_rows=block_rows)
+    tile = {} if gallery_rows is None else {"max_block_bytes": (block_rows or len(q)) * gallery_rows * 4}
+    idx, d = search.top_k(q, g, 7, metric, block_rows=block_rows, **tile)
     want = np.argsort(dist, axis=1, kind="stable")[:, :7]
     np.testing.assert_array_equal(idx, want)
     np.testing.assert_array_equal(d, np.take_along_axis(dist, want, axis=1))
@@ -46,9 +49,10 @@ def test_top_k_cosine_and_whole_gallery():
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
     gn = g / np.linalg.norm(g, axis=1, keepdims=True)
     dist = 1.0 - qn @ gn.T
-    idx, d = search.top_k(q.astype(np.float32), g.astype(np.float32), 20, "cosine", block_rows=4)
-    np.testing.assert_array_equal(idx, np.argsort(dist, axis=1, kind="stable"))
-    np.testing.assert_allclose(d, np.sort(dist, axis=1), atol=1e-6)
+    for tile in ({}, {"max_block_bytes": 4 * 6 * 4}):
+        idx, d = search.top_k(q.astype(np.float32), g.astype(np.float32), 20, "cosine", block_rows=4, **tile)
+        np.testing.assert_array_equal(idx, np.argsort(dist, axis=1, kind="stable"))
+        np.testing.assert_allclose(d, np.sort(dist, axis=1), atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
