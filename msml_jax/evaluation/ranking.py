@@ -197,7 +197,7 @@ def _equal_before(dist: np.ndarray, rows: np.ndarray, cols: np.ndarray,
 
 def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
                      ap_mode: str = MEAN_PRECISION, *, num_threads: int | None = None,
-                     per_query: bool = False):
+                     per_query: bool = False, gallery_by_pid: tuple | None = None):
     """Market-1501-protocol ranking metrics (torchreid / fast-reid semantics).
 
     Args:
@@ -211,6 +211,10 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
         num_threads: worker threads for the row blocks (default: CPUs available
             to this process).
         per_query: also return ``ap``.
+        gallery_by_pid: ``(order, g_pids[order])`` with ``order =
+            np.argsort(g_pids, kind="stable")``, when the caller has them (one
+            evaluation per block of query rows against the same gallery: it
+            is then sorted once, not per block).
 
     Returns:
         dict with ``cmc`` (float64 array ``[max_rank]``: fraction of valid
@@ -249,8 +253,11 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
     dist = np.ascontiguousarray(dist)
 
     # ---- 1. sparse same-pid pairs, grouped by query, ascending gallery index.
-    g_order = np.argsort(g_pids, kind="stable")
-    g_sorted = g_pids[g_order]
+    if gallery_by_pid is None:
+        g_order = np.argsort(g_pids, kind="stable")
+        g_sorted = g_pids[g_order]
+    else:
+        g_order, g_sorted = gallery_by_pid
     lo = np.searchsorted(g_sorted, q_pids, side="left")
     n_same = np.searchsorted(g_sorted, q_pids, side="right") - lo
     n_pairs = int(n_same.sum())

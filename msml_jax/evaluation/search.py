@@ -419,6 +419,8 @@ def evaluate_ranking_blocks(blocks: Iterable[Tuple[slice, np.ndarray]], q_pids, 
         raise ValueError(f"camids lengths ({q_camids.shape[0]}, {g_camids.shape[0]}) do not match pids "
                          f"lengths ({num_q}, {num_g})")
     valid = _has_valid_match(q_pids, g_pids, q_camids, g_camids)
+    g_order = np.argsort(g_pids, kind="stable")  # once, not per evaluate_ranking call
+    by_pid = (g_order, g_pids[g_order])
 
     seen = np.zeros(num_q, bool)
     cmc_hits = np.zeros(int(max_rank), np.float64)
@@ -443,7 +445,7 @@ def evaluate_ranking_blocks(blocks: Iterable[Tuple[slice, np.ndarray]], q_pids, 
             if n_valid == 0:
                 continue
             res = evaluate_ranking(dist[a - start:b - start], q_pids[a:b], g_pids, q_camids[a:b], g_camids,
-                                   max_rank=int(max_rank), ap_mode=ap_mode)
+                                   max_rank=int(max_rank), ap_mode=ap_mode, gallery_by_pid=by_pid)
             # cmc = cumulative hit count / n_valid: the counts are integers.
             cmc_hits += np.rint(res["cmc"] * n_valid)
             ap_sum += res["mAP"] * n_valid
