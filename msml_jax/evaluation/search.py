@@ -9,7 +9,8 @@ padded) and consumed before the next one is made.  Memory grows with
 * ``distance_blocks``: the ``(query slice, [b, G] float32 numpy)`` blocks.
 * ``top_k``: the ``k`` nearest gallery items of every query, exactly as the
   first ``k`` columns of a stable ``argsort`` of the full distance rows (ties
-  by gallery index), selected on the device per block (``jax.lax.top_k``).
+  by gallery index), in ``[b, G']`` tiles: only the entries at or below each
+  row's current k-th distance leave a tile, merged into exact top lists.
 * ``evaluate_ranking_blocks``: the dense ``evaluate_ranking`` (Market-1501
   protocol) applied to each block of rows and combined; accepts any blocks,
   e.g. re-ranked ones from ``msml_jax.evaluation.rerank``.
@@ -42,6 +43,11 @@ __all__ = ["METRICS", "distance_blocks", "top_k", "evaluate_ranking_blocks",
 # per-block costs (launch, evaluate_ranking's O(G) bookkeeping) are amortized,
 # small enough to keep a 10^6 gallery evaluation within a few hundred MiB.
 _DEFAULT_BLOCK_BYTES = 128 << 20
+
+# Gallery rows per tile of top_k: a multiple of this.  How XLA's CPU matmul rounds a product (~1 ulp) depends
+# on the block's shape (its kernel and blocking): with such widths the 10^6 benchmark gallery gets bitwise the
+# products, hence the top-k, of the whole-row blocks; other shapes (or the 10^5 one) may swap near-ties.
+_TILE_ALIGN = 128
 
 # Queries per tile of top_k (its tiles are [b, G'] with b of at most this and G' as max_block_bytes allows).
 _TOP_K_TILE_QUERIES = 4096
@@ -317,7 +323,10 @@ def top_k(query_emb, gallery_emb, k: int, metric: str = EUCLIDEAN, *, block_rows
         block_rows = block_rows_for(num_q, 1, _TOP_K_TILE_QUERIES * 4)
     block_rows = _check_block_rows(block_rows, num_q, num_g, max_block_bytes)
     best = _TopK(num_q, int(k), num_g)
-    _search_tiles(query, gallery, metric, block_rows, block_rows_for(num_g, block_rows, max_block_bytes), best)
+    gallery_rows = block_rows_for(num_g, block_rows, max_block_bytes)
+    if _TILE_ALIGN <= gallery_rows < num_g:
+        gallery_rows -= gallery_rows % _TILE_ALIGN
+    _search_tiles(query, gallery, metric, block_rows, gallery_rows, best)
     return best.cols, best.vals
 
 
