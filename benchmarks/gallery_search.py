@@ -103,8 +103,13 @@ def run_case(op, num_gallery, block_mib, k):
         what = f"rank-1 {r['cmc'][0]:.4f} mAP {r['mAP']:.4f} mINP {r['mINP']:.4f}"
     dt, cpu = time.perf_counter() - t, cpu_seconds() - cpu
     rows = search.block_rows_for(NUM_QUERY, num_gallery, block)
+    shape = f"blocks of {rows} queries"
+    if op == "topk":
+        rows = search.block_rows_for(NUM_QUERY, 1, search._TOP_K_TILE_QUERIES * 4)
+        cols = search.block_rows_for(num_gallery, rows, block)
+        shape = f"tiles of {rows} x {cols - cols % search._TILE_ALIGN if cols < num_gallery else cols}"
     print(f"{op:>5} G={num_gallery:>9,}: {dt:7.1f} s wall ({cpu:7.1f} s CPU)  peak RSS {rss_mib():6.0f} MiB "
-          f"(before the call {rss0:.0f} MiB, gallery {g.nbytes / 2**20:.0f} MiB; blocks of {rows} queries)  "
+          f"(before the call {rss0:.0f} MiB, gallery {g.nbytes / 2**20:.0f} MiB; {shape})  "
           f"{what}", flush=True)
     if op == "dense":
         blocked = search.evaluate_ranking_blocked(q, g, q_pids, g_pids, q_cams, g_cams, max_block_bytes=block)
