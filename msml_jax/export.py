@@ -54,7 +54,7 @@ def export_embedder(path, apply_fn, variables, image_size, *, metadata, platform
         variables: the model's variables (params, batch_stats); baked into the file.
         image_size: (height, width) of the input images.
         metadata: dict written into the JSON. Read from it: `flip` (bool, default False: the flip test, applied
-            inside the file). Written with defaults: `distance` ("euclidean") and `normalize` (False): how the
+            inside the file). Written with defaults: `distance` (`distances.EUCLIDEAN`) and `normalize` (False): how the
             outputs are compared, `distances.comparable`'s rule (l2-normalize each embedding, then the distance);
             the file itself never normalizes. The rest (config name, step, dataset, ...) is copied as is and must
             be JSON-serializable.

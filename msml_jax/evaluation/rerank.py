@@ -623,7 +623,7 @@ def k_reciprocal_rerank_blocks(query_emb, gallery_emb, k1: int = 20, k2: int = 6
     Args:
         query_emb: ``[Q, D]``; gallery_emb: ``[G, D]`` (NumPy or JAX arrays).
         k1, k2, lambda_value: as ``k_reciprocal_rerank``.
-        metric: ``"euclidean"`` or ``"cosine"``.
+        metric: one of ``distances.RANKING_METRICS``.
         block_rows: queries per yielded block (default: ~64 MiB blocks).
 
     Returns:

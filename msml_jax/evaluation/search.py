@@ -282,7 +282,7 @@ def distance_blocks(query_emb, gallery_emb, metric: str = EUCLIDEAN, *, block_ro
     Args:
         query_emb: ``[Q, D]`` embeddings (NumPy or JAX).
         gallery_emb: ``[G, D]`` embeddings.
-        metric: ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"`` (as
+        metric: one of ``distances.METRICS`` (as
             ``distances.pairwise_distance``).
         block_rows: queries per block; default: as many as fit ``max_block_bytes``.
 
