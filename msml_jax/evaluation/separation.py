@@ -122,7 +122,8 @@ def pair_distances(query_emb, gallery_emb, q_pids, g_pids, q_camids, g_camids, *
         q_pids, g_pids, q_camids, g_camids: integer ids, one per row.
         metric: one of distances.METRICS, or a callable f(a [n, D], b [n, D]) -> distances [n]
             of paired rows (it gets the embeddings as given).
-        normalize: compare l2-normalised embeddings under the euclidean metric, as the ranking does (distances.comparable)
+        normalize: compare l2-normalised embeddings under the euclidean metric, as the ranking does
+            (distances.comparable)
             (`distances.comparable`).
         max_pairs: pair budget; above it pairs are sampled with `seed` (see the module docstring).
 
