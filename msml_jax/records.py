@@ -42,6 +42,15 @@ def read(path):
     return records, bad
 
 
+def training_evaluations(workdir):
+    """The evaluation records the training itself wrote (those of eval.py, which carry `checkpoint`, left out), in
+    file order; [] when there is no metrics.jsonl."""
+    path = metrics_path(workdir)
+    if not os.path.exists(path):
+        return []
+    return [r for r in read(path)[0] if "dataset" in r and "checkpoint" not in r]
+
+
 def rewind(workdir, step, final_step):
     """Drops the records written after checkpoint `step` (they will be written again), atomically.
 

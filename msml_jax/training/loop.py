@@ -205,22 +205,16 @@ def _workdir_lock(workdir):
 
 def _best_evaluated_step(workdir, upto):
     """The training-evaluated step in (0, upto] of highest mean mAP in the run's records (None: none)."""
-    path = records.metrics_path(workdir)
-    if not os.path.exists(path):
-        return None
     by_step = collections.defaultdict(list)
-    for r in records.read(path)[0]:
-        if "dataset" in r and "checkpoint" not in r and "mAP" in r and 0 < r["step"] <= upto:
+    for r in records.training_evaluations(workdir):
+        if "mAP" in r and 0 < r["step"] <= upto:
             by_step[r["step"]].append(r["mAP"])
     return max(by_step, key=lambda s: (float(np.mean(by_step[s])), -s)) if by_step else None
 
 
-def _final_records(workdir, step):
-    """The training's own evaluation records at `step` (eval.py's excluded), in file order."""
-    path = records.metrics_path(workdir)
-    if not os.path.exists(path):
-        return []
-    return [r for r in records.read(path)[0] if "dataset" in r and "checkpoint" not in r and r["step"] == step]
+def _evaluations_at(workdir, step):
+    """The training's own evaluation records at `step`, in file order."""
+    return [r for r in records.training_evaluations(workdir) if r["step"] == step]
 
 
 def _train(trainer, workdir, batches, evaluate, tensorboard):
@@ -245,7 +239,7 @@ def _train(trainer, workdir, batches, evaluate, tensorboard):
         writer.close()
 
     if start_step >= config.num_train_steps:  # a finished run: nothing to train, nothing rewritten
-        final = _final_records(workdir, start_step) if evaluate else []
+        final = _evaluations_at(workdir, start_step) if evaluate else []
         if is_main:
             more = "" if start_step == config.num_train_steps else f" (more than config.num_train_steps=" \
                 f"{config.num_train_steps}: raise it to train further)"
@@ -366,8 +360,7 @@ def _keep_best(trainer, manager, best, workdir, start_step, position):
         warn(f"the best evaluation in {records.metrics_path(workdir)} (step {step}) is not in "
              f"{os.path.join(workdir, 'best')} and its checkpoint is gone: best/ keeps the best of the others")
         return
-    results = [r for r in records.read(records.metrics_path(workdir))[0]
-               if "dataset" in r and "checkpoint" not in r and r["step"] == step]
+    results = _evaluations_at(workdir, step)
     mean_map = float(np.mean([r["mAP"] for r in results]))
     checkpoint.save(best, state, trainer.config, position(step), metrics={"mAP": mean_map}, force=True)
     best.wait_until_finished()
