@@ -70,6 +70,65 @@ def test_blocked_evaluation_equals_dense(seed, ap_mode):
     assert got["mINP"] == pytest.approx(want["mINP"], rel=1e-12)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+@pytest.mark.parametrize("block_rows, gallery_rows", [(7, 9), (19, 40), (4, 200), (19, 13)])
+def test_tiled_evaluation_equals_dense(metric, block_rows, gallery_rows):
+    # Tiles of [block_rows, gallery_rows] (widths not multiples of 8 included), many pairs per query, exact
+    # ties with matches, duplicates of queries (distance 0) and zero vectors; every value exact in float32.
+    q, g, q_pids, g_pids, q_cams, g_cams = integer_problem(seed=8, num_q=19, num_g=200, dim=6, num_ids=5)
+    g[:3] = q[:3]  # distance 0, same or other pid
+    g_pids[:2] = q_pids[:2]
+    q[5], g[7] = 0.0, 0.0
+    dist = exact_distances(q, g, metric)
+    for ap_mode in ("mean_precision", "official"):
+        want = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, max_rank=30, ap_mode=ap_mode)
+        got = search.evaluate_ranking_blocked(q, g, q_pids, g_pids, q_cams, g_cams, metric, max_rank=30,
+                                              ap_mode=ap_mode, block_rows=block_rows,
+                                              max_block_bytes=block_rows * gallery_rows * 4)
+        np.testing.assert_array_equal(got["cmc"], want["cmc"])
+        assert got["num_valid_queries"] == want["num_valid_queries"]
+        assert got["mAP"] == pytest.approx(want["mAP"], rel=1e-12)
+        assert got["mINP"] == pytest.approx(want["mINP"], rel=1e-12)
+
+
+def test_tiled_evaluation_cosine_and_fallback(monkeypatch):
+    # Gaussian embeddings against float64 cosine distances (no near-ties at this size: checked), in tiles;
+    # then with no room for kept entries, through the whole-row fallback.
+    rng = np.random.default_rng(9)
+    q, g = rng.standard_normal((11, 16)).astype(np.float32), rng.standard_normal((150, 16)).astype(np.float32)
+    q_pids, g_pids = rng.integers(0, 4, 11), rng.integers(0, 4, 150)
+    q_cams, g_cams = rng.integers(0, 3, 11), rng.integers(0, 3, 150)
+    qn = q / np.linalg.norm(q.astype(np.float64), axis=1, keepdims=True)
+    gn = g / np.linalg.norm(g.astype(np.float64), axis=1, keepdims=True)
+    dist = 1.0 - qn @ gn.T
+    gaps = np.diff(np.sort(dist, axis=1), axis=1)
+    assert gaps.min() > 1e-6
+    want = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    fallback = []
+    real_blocks = search.evaluate_ranking_blocks
+    monkeypatch.setattr(search, "evaluate_ranking_blocks", lambda *a, **k: fallback.append(1) or real_blocks(*a, **k))
+    for kept_bytes in (search._EVAL_KEPT_BYTES, 0):
+        monkeypatch.setattr(search, "_EVAL_KEPT_BYTES", kept_bytes)
+        got = search.evaluate_ranking_blocked(q, g, q_pids, g_pids, q_cams, g_cams, "cosine", max_rank=20,
+                                              block_rows=4, max_block_bytes=4 * 30 * 4)
+        np.testing.assert_array_equal(got["cmc"], want["cmc"])
+        assert got["mAP"] == pytest.approx(want["mAP"], rel=1e-12)
+        assert got["mINP"] == pytest.approx(want["mINP"], rel=1e-12)
+        assert len(fallback) == (kept_bytes == 0)
+
+
+def test_count_before_in_row_chunks():
+    # _count_before against a loop, with ties, rows spread over several key chunks (2**30 columns: 4 rows each).
+    rng = np.random.default_rng(10)
+    rows, cols = rng.integers(0, 11, 500), rng.integers(0, 2**30, 500)
+    vals = rng.integers(0, 6, 500).astype(np.float32) / 4
+    pick = rng.integers(0, 500, 60)
+    got = search._count_before(rows, vals, cols, rows[pick], vals[pick], cols[pick], 2**30)
+    want = [np.count_nonzero((rows == rows[i]) & ((vals < vals[i]) | ((vals == vals[i]) & (cols < cols[i]))))
+            for i in pick]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_blocks_in_any_order_and_blocks_without_valid_query():
     q, g, q_pids, g_pids, q_cams, g_cams = integer_problem(seed=4)
     q_pids[:4] = 99  # the first block has no valid query: skipped, even with NaN in it

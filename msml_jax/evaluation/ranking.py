@@ -252,40 +252,13 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
         raise ValueError(f"g_camids has length {g_camids.shape[0]}, expected len(g_pids) = {num_g}")
     dist = np.ascontiguousarray(dist)
 
-    # ---- 1. sparse same-pid pairs, grouped by query, ascending gallery index.
-    if gallery_by_pid is None:
-        g_order = np.argsort(g_pids, kind="stable")
-        g_sorted = g_pids[g_order]
-    else:
-        g_order, g_sorted = gallery_by_pid
-    lo = np.searchsorted(g_sorted, q_pids, side="left")
-    n_same = np.searchsorted(g_sorted, q_pids, side="right") - lo
-    n_pairs = int(n_same.sum())
-    pair_start = np.cumsum(n_same) - n_same  # first pair of each query
-    p_q = np.repeat(np.arange(num_q), n_same)
-    p_g = g_order[np.repeat(lo - pair_start, n_same) + np.arange(n_pairs)]
+    # ---- 1. sparse same-pid pairs, grouped by query, ascending gallery index, in the stable ranking order.
+    p_q, p_g, n_same = same_pid_pairs(q_pids, g_pids, gallery_by_pid)
     p_junk = g_camids[p_g] == q_camids[p_q]
     p_d = dist[p_q, p_g]
     if dist.dtype.kind == "f" and np.isnan(p_d).any():
         raise ValueError("distmat contains NaN")
-
-    # Order pairs by (query, distance, gallery index): the stable ranking order
-    # (pairs stay grouped by query, so pair_start remains valid).  They are
-    # already grouped by query with ascending gallery index, so a stable sort
-    # on (query, distance) suffices.
-    p_codes = _order_codes(p_d, p_d[:0])[0]
-    order = np.argsort((p_q.astype(np.int64) << 32) + p_codes, kind="stable")
-    p_q, p_g, p_d, p_junk = p_q[order], p_g[order], p_d[order], p_junk[order]
-    good = ~p_junk
-    junk_cum = np.concatenate(([0], np.cumsum(p_junk)))
-    good_cum = np.concatenate(([0], np.cumsum(good)))
-    # junk entries of the same query preceding the pair in the stable order
-    junk_before = junk_cum[:-1] - np.repeat(junk_cum[pair_start], n_same)
-    # 1-based hit number (meaningful for good pairs)
-    hit_k = good_cum[1:] - np.repeat(good_cum[pair_start], n_same)
-
-    gq, gg, gd = p_q[good], p_g[good], p_d[good]
-    junk_before, hit_k = junk_before[good], hit_k[good]
+    gq, gg, gd, junk_before, hit_k, _ = order_pairs(p_q, p_g, p_d, p_junk, n_same)
     n_good = np.bincount(gq, minlength=num_q)
     valid = n_good > 0
     num_valid = int(valid.sum())
@@ -330,6 +303,59 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
     rank = (pos - junk_before + 1).astype(np.float64)  # 1-based, junk removed
 
     # ---- 4. metrics.
+    return metrics_from_ranks(gq, hit_k, rank, num_q, max_rank, ap_mode, per_query)
+
+
+def same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray, gallery_by_pid: tuple | None = None):
+    """``(p_q, p_g, n_same)``: every (query, gallery) pair of one pid, grouped by query, ascending gallery index.
+
+    ``n_same[q]``: the pairs of query ``q``.  Enumerated from a sorted copy of ``g_pids`` (``gallery_by_pid``:
+    ``(order, g_pids[order])`` of a stable argsort, when the caller has it), never a dense ``Q x G`` comparison.
+    """
+    if gallery_by_pid is None:
+        g_order = np.argsort(g_pids, kind="stable")
+        g_sorted = g_pids[g_order]
+    else:
+        g_order, g_sorted = gallery_by_pid
+    lo = np.searchsorted(g_sorted, q_pids, side="left")
+    n_same = np.searchsorted(g_sorted, q_pids, side="right") - lo
+    n_pairs = int(n_same.sum())
+    pair_start = np.cumsum(n_same) - n_same  # first pair of each query
+    p_q = np.repeat(np.arange(q_pids.shape[0]), n_same)
+    p_g = g_order[np.repeat(lo - pair_start, n_same) + np.arange(n_pairs)]
+    return p_q, p_g, n_same
+
+
+def order_pairs(p_q, p_g, p_d, p_junk, n_same):
+    """The good pairs in the stable ranking order, with what their ranks need.
+
+    Pairs (``same_pid_pairs``' order, distances ``p_d``, ``p_junk``: same camera) are sorted by (query,
+    distance, gallery index).  Returns ``(gq, gg, gd, junk_before, hit_k, index)`` of the good (not junk)
+    pairs: query, gallery index, distance, the junk pairs of the query before it, its 1-based hit number, and
+    its index in the arrays given.
+    """
+    pair_start = np.cumsum(n_same) - n_same
+    # Already grouped by query with ascending gallery index: a stable sort on (query, distance) suffices
+    # (pairs stay grouped by query, so pair_start remains valid).
+    p_codes = _order_codes(p_d, p_d[:0])[0]
+    order = np.argsort((p_q.astype(np.int64) << 32) + p_codes, kind="stable")
+    p_q, p_g, p_d, p_junk = p_q[order], p_g[order], p_d[order], p_junk[order]
+    good = ~p_junk
+    junk_cum = np.concatenate(([0], np.cumsum(p_junk)))
+    good_cum = np.concatenate(([0], np.cumsum(good)))
+    junk_before = junk_cum[:-1] - np.repeat(junk_cum[pair_start], n_same)
+    hit_k = good_cum[1:] - np.repeat(good_cum[pair_start], n_same)  # meaningful for good pairs
+    return p_q[good], p_g[good], p_d[good], junk_before[good], hit_k[good], order[good]
+
+
+def metrics_from_ranks(gq, hit_k, rank, num_q: int, max_rank: int, ap_mode: str, per_query: bool = False) -> dict:
+    """CMC, mAP, mINP (``evaluate_ranking``'s dict) from the good pairs in ``order_pairs``' order.
+
+    ``rank``: each good pair's 1-based rank after junk removal; ``hit_k``: its hit number.
+    """
+    n_good = np.bincount(gq, minlength=num_q)
+    valid = n_good > 0
+    num_valid = int(valid.sum())
     k = hit_k.astype(np.float64)
     m_q = n_good[valid].astype(np.float64)
     if ap_mode == MEAN_PRECISION:

@@ -32,9 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msml_jax.evaluation.ranking import AP_MODES, MEAN_PRECISION, evaluate_ranking
+from msml_jax.evaluation.ranking import (AP_MODES, MEAN_PRECISION, evaluate_ranking, metrics_from_ranks,
+                                         order_pairs, same_pid_pairs)
 from msml_jax.distances import (COSINE, EUCLIDEAN, METRICS, SQEUCLIDEAN, check_metric, inverse_norm, l2_normalize,
-                                sq_euclidean_expansion)
+                                l2_normalize_numpy, sq_euclidean_expansion)
 
 __all__ = ["METRICS", "distance_blocks", "top_k", "evaluate_ranking_blocks",
            "evaluate_ranking_blocked", "block_rows_for"]
@@ -186,7 +187,7 @@ def _block_distance(query, gallery, aux, metric):
 def _flat_nonzero_sparse(code: np.ndarray) -> np.ndarray:
     """``np.flatnonzero`` of a 1-D int8 array that is mostly 0: scans it 8 bytes at a time (~8x faster)."""
     whole = code.size // 8 * 8
-    words = np.flatnonzero(code[:whole].view(np.uint64))
+    words = np.flatnonzero(code[:whole].view(np.uint64) != 0)  # (NumPy's nonzero: ~10x faster on bool)
     flat = (words[:, None] * 8 + np.arange(8)).reshape(-1)
     flat = flat[code[flat] != 0]
     return np.concatenate([flat, whole + np.flatnonzero(code[whole:])])
@@ -417,16 +418,8 @@ def evaluate_ranking_blocks(blocks: Iterable[Tuple[slice, np.ndarray]], q_pids, 
             arguments), or when the blocks overlap or miss queries.  A block
             without any valid query is skipped unread.
     """
-    if ap_mode not in AP_MODES:
-        raise ValueError(f"unknown ap_mode {ap_mode!r}; valid modes: {', '.join(AP_MODES)}")
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
-    q_pids, g_pids = _int_ids("q_pids", q_pids), _int_ids("g_pids", g_pids)
-    q_camids, g_camids = _int_ids("q_camids", q_camids), _int_ids("g_camids", g_camids)
+    q_pids, g_pids, q_camids, g_camids = _ranking_ids(q_pids, g_pids, q_camids, g_camids, max_rank, ap_mode)
     num_q, num_g = q_pids.shape[0], g_pids.shape[0]
-    if q_camids.shape[0] != num_q or g_camids.shape[0] != num_g:
-        raise ValueError(f"camids lengths ({q_camids.shape[0]}, {g_camids.shape[0]}) do not match pids "
-                         f"lengths ({num_q}, {num_g})")
     valid = _has_valid_match(q_pids, g_pids, q_camids, g_camids)
     g_order = np.argsort(g_pids, kind="stable")  # once, not per evaluate_ranking call
     by_pid = (g_order, g_pids[g_order])
@@ -480,12 +473,251 @@ def evaluate_ranking_blocked(query_emb, gallery_emb, q_pids, g_pids, q_camids, g
                              max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> dict:
     """CMC / mAP / mINP of ranking the gallery by ``metric``, never holding ``[Q, G]``.
 
-    The result is that of ``evaluate_ranking(pairwise_distance(q, g, metric), ...)``
-    (same keys, see ``evaluate_ranking_blocks`` for the equality), with
-    memory of one ``[block_rows, G]`` block (about ``max_block_bytes``) plus
-    ``evaluate_ranking``'s working memory on it.
+    The result is that of ``evaluate_ranking(pairwise_distance(q, g, metric), ...)`` (same keys; the cmc
+    counts and ``num_valid_queries`` exact, mAP / mINP up to float64 rounding of the averages) on the
+    distances as the tiles compute them.  Distances are made in ``[block_rows, G']`` tiles of about
+    ``max_block_bytes``, as ``top_k`` makes them, and only a few entries per row leave a tile
+    (``_rank_tiles``); if those grow beyond ``_EVAL_KEPT_BYTES`` (a ranking where most of the gallery lies
+    close to a pair), it evaluates instead whole rows of ``distance_blocks`` with ``evaluate_ranking_blocks``.
     """
-    blocks = distance_blocks(query_emb, gallery_emb, metric, block_rows=block_rows,
-                             max_block_bytes=max_block_bytes)
-    return evaluate_ranking_blocks(blocks, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
-                                   ap_mode=ap_mode)
+    ids = _ranking_ids(q_pids, g_pids, q_camids, g_camids, max_rank, ap_mode)
+    query, gallery = _prepare(query_emb, gallery_emb, metric)
+    num_q, num_g = query.shape[0], gallery.shape[0]
+    if (num_q, num_g) != (ids[0].shape[0], ids[1].shape[0]):
+        raise ValueError(f"{num_q} queries and {num_g} gallery embeddings, but {ids[0].shape[0]} query and "
+                         f"{ids[1].shape[0]} gallery ids")
+    if not _has_valid_match(*ids).any():
+        raise ValueError("no valid query: every query lacks a matching gallery entry "
+                         "(same pid, different camera) after junk removal")
+    if block_rows is None:
+        block_rows = block_rows_for(num_q, 1, _TOP_K_TILE_QUERIES * 4)
+    block_rows = _check_block_rows(block_rows, num_q, num_g, max_block_bytes)
+    gallery_rows = block_rows_for(num_g, block_rows, max_block_bytes)
+    if _TILE_ALIGN <= gallery_rows < num_g:
+        gallery_rows -= gallery_rows % _TILE_ALIGN
+    try:
+        return _rank_tiles(query, gallery, *ids, metric, int(max_rank), ap_mode, block_rows, gallery_rows)
+    except _TooManyKept:
+        blocks = _distance_block_iter(query, gallery, metric, block_rows_for(num_q, num_g, max_block_bytes))
+        return evaluate_ranking_blocks(blocks, *ids, max_rank=max_rank, ap_mode=ap_mode)
+
+
+def _ranking_ids(q_pids, g_pids, q_camids, g_camids, max_rank, ap_mode):
+    """The four id arrays as int64, after checking them and ``max_rank`` / ``ap_mode`` (ValueError)."""
+    if ap_mode not in AP_MODES:
+        raise ValueError(f"unknown ap_mode {ap_mode!r}; valid modes: {', '.join(AP_MODES)}")
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
+    q_pids, g_pids = _int_ids("q_pids", q_pids), _int_ids("g_pids", g_pids)
+    q_camids, g_camids = _int_ids("q_camids", q_camids), _int_ids("g_camids", g_camids)
+    if q_camids.shape[0] != q_pids.shape[0] or g_camids.shape[0] != g_pids.shape[0]:
+        raise ValueError(f"camids lengths ({q_camids.shape[0]}, {g_camids.shape[0]}) do not match pids "
+                         f"lengths ({q_pids.shape[0]}, {g_pids.shape[0]})")
+    return q_pids, g_pids, q_camids, g_camids
+
+
+# The tiled evaluation's code of an entry: 0 beyond its row's last match, 1 before the row's first pair, and
+# 2 + cell for the cells (runs of 2**shift consecutive float32 bit patterns) in between.
+_NUM_CODES = 256
+
+# Entries the tiled evaluation keeps whole (those in a cell where a pair may lie; row, column, distance,
+# code), at most.
+_EVAL_KEPT_BYTES = 256 << 20
+_KEPT_ENTRY_BYTES = 13
+
+
+class _TooManyKept(Exception):
+    pass
+
+
+@functools.partial(jax.jit, static_argnames=("metric",), donate_argnums=(0,))
+def _presqrt_and_cells(dot, query, aux, lo_bits, hi_bits, shift, metric):
+    """``_presqrt_and_code``'s values, each entry's code (``_NUM_CODES``) from its row's cells, and a bitmask
+    of the entries coded non-zero.
+
+    The codes are uint8 ``[b, G8]`` (``G8``: ``G'`` rounded up to a multiple of 8, the extra columns coded 0),
+    the bitmask uint8 ``[b, G8 / 8]``, entry ``8 i + k`` (flat, in ``[b, G8]``) in bit ``k`` of byte ``i``:
+    8x less for the host to scan than the codes.
+    """
+    pre = block_distance(query, None, aux, SQEUCLIDEAN if metric == EUCLIDEAN else metric, dot=dot)
+    bits = jax.lax.bitcast_convert_type(pre, jnp.int32)  # ordered as the values: non-negative, +0.0
+    cell = 2 + jnp.right_shift(bits - lo_bits[:, None], shift[:, None])
+    code = jnp.where(bits > hi_bits[:, None], 0, jnp.where(bits < lo_bits[:, None], 1, cell)).astype(jnp.uint8)
+    code = jnp.pad(code, ((0, 0), (0, -pre.shape[1] % 8)))
+    mask = (code != 0).astype(jnp.uint8).reshape(pre.shape[0], -1, 8) << jnp.arange(8, dtype=jnp.uint8)
+    return pre, code, jnp.sum(mask, axis=2, dtype=jnp.uint8)
+
+
+# Per byte value: the index of its lowest set bit.
+_LOW_BIT = np.array([(v & -v).bit_length() - 1 if v else 0 for v in range(256)], np.int64)
+
+
+def _set_bits(mask: np.ndarray) -> np.ndarray:
+    """Flat indices of the set bits of a uint8 bitmask (bit ``k`` of byte ``i``: ``8 i + k``), in no set order."""
+    flat = mask.reshape(-1)
+    byte = np.flatnonzero(flat != 0)  # (NumPy's nonzero is ~5x faster on bool than on uint8)
+    value = flat[byte]
+    single = (value & (value - 1)) == 0  # one bit: most bytes of a sparse mask
+    many = byte[~single]
+    i, k = np.nonzero(np.unpackbits(flat[many][:, None], axis=1, bitorder="little").view(bool))
+    return np.concatenate([byte[single] * 8 + _LOW_BIT[value[single]], many[i] * 8 + k])
+
+
+def _pair_bands(query, gallery, p_q, p_g, metric):
+    """Per (query, gallery) pair, float32 bit patterns ``(a, b)`` around the value the tiles compute for it.
+
+    The value is that of ``_presqrt_and_cell`` (squared distance for euclidean), made in float64 here; a
+    float32 matmul of dimension D errs by at most ``D u |q| |g|`` (u = 2^-24), the norms and the sums by a few
+    u more, so ``[v - band, v + band]`` with ``band = 2 (D + 8) u s`` (``s`` bounds every term) holds the
+    tile's value whatever its summation order.  A further relative ``8 u`` keeps every value outside
+    ``[a, b]`` from sharing a square root with one inside.
+    """
+    q = np.asarray(query, np.float64)[p_q]
+    g = np.asarray(jnp.take(gallery, jnp.asarray(p_g, np.int32), axis=0), np.float64)
+    dim = q.shape[1]
+    if metric == COSINE:
+        v = 1.0 - np.sum(l2_normalize_numpy(q) * l2_normalize_numpy(g), axis=1)
+        scale = 4.0
+    else:
+        qq, gg = np.sum(q * q, axis=1), np.sum(g * g, axis=1)
+        v = qq + gg - 2.0 * np.sum(q * g, axis=1)
+        scale = (np.sqrt(qq) + np.sqrt(gg)) ** 2
+    u = 2.0 ** -24
+    band = 2 * (dim + 8) * u * scale + 8 * u * np.abs(v) + 1e-30
+    a = np.maximum(v - band, 0.0).astype(np.float32)
+    a = np.where(a > np.maximum(v - band, 0.0), np.nextafter(a, np.float32(0)), a)
+    b = (v + band).astype(np.float32)
+    b = np.where(b < v + band, np.nextafter(b, np.float32(np.inf)), b)
+    return a.view(np.int32), b.view(np.int32)
+
+
+def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_rank, ap_mode,
+                block_rows, gallery_rows) -> dict:
+    """``evaluate_ranking_blocked`` in ``[block_rows, gallery_rows]`` tiles: a match's rank by counting.
+
+    The stable 0-based position of a good pair ``j`` of row ``q`` is the number of entries before it in
+    the order (distance, gallery index); its rank subtracts the junk pairs before it (``ranking.order_pairs``).
+    Each pair's tile value is known beforehand to within a band (``_pair_bands``), so per row the entries
+    beyond the last good pair's band can precede no match (code 0) and those before the first pair's band
+    precede every pair (code 1); in between, a tile codes each entry by its cell, a run of ``2**shift``
+    consecutive float32 bit patterns (at most 254 cells).  The host counts the codes per (row, cell) and
+    keeps whole (row, column, distance) only the entries in a cell some pair's band reaches.  Then an entry
+    in a cell below pair ``j``'s lowest cell precedes it (its value is below the band), one in a higher cell
+    follows it, and the kept entries (the pairs among them, with their exact tile values) are compared with
+    ``j`` by (distance, gallery index).  The same arithmetic as ``top_k`` makes the tiles (squared distances
+    for euclidean, square roots on the host of the kept entries only).
+    """
+    num_q, num_g = query.shape[0], gallery.shape[0]
+    p_q, p_g, n_same = same_pid_pairs(q_pids, g_pids)
+    p_junk = g_camids[p_g] == q_camids[p_q]
+    a_bits, b_bits = _pair_bands(query, gallery, p_q, p_g, metric)
+
+    # Per row: first pair's band start (lo), last good pair's band end (hi), and the cell width 2**shift.
+    lo = np.zeros(num_q, np.int64)
+    hi = np.full(num_q, -1, np.int64)  # rows without a good pair: every entry coded 0
+    np.maximum.at(hi, p_q[~p_junk], b_bits[~p_junk])
+    lo_all = np.full(num_q, np.iinfo(np.int32).max, np.int64)
+    np.minimum.at(lo_all, p_q, a_bits)
+    has = hi >= 0
+    lo[has] = lo_all[has]
+    shift = np.zeros(num_q, np.int64)
+    while True:
+        wide = ((hi - lo) >> shift) > _NUM_CODES - 3
+        if not wide.any():
+            break
+        shift += wide
+
+    def code_of(q, bits):  # as _presqrt_and_cells codes an entry of row q
+        return np.where(bits > hi[q], 0, np.where(bits < lo[q], 1, 2 + ((bits - lo[q]) >> shift[q])))
+
+    # The cells each pair's band reaches (ignoring pairs beyond the row's last good pair).
+    reach = np.zeros((num_q, _NUM_CODES + 1), np.int64)
+    near = a_bits <= hi[p_q]
+    c0, c1 = code_of(p_q[near], a_bits[near]), code_of(p_q[near], np.minimum(b_bits[near], hi[p_q[near]]))
+    np.add.at(reach, (p_q[near], c0), 1)
+    np.add.at(reach, (p_q[near], c1 + 1), -1)
+    uncertain = (np.cumsum(reach, axis=1)[:, :_NUM_CODES] > 0).reshape(-1)
+
+    aux = gallery_aux(gallery, metric)
+    lo_d, hi_d, shift_d = (jnp.asarray(np.pad(x, (0, -num_q % block_rows), constant_values=-1).astype(np.int32))
+                           for x in (lo, hi, shift))  # padded rows: hi -1, every entry coded 0
+    tiles = [(rows, blk, g0, min(g0 + gallery_rows, num_g)) for rows, blk in _padded_blocks(query, block_rows)
+             for g0 in range(0, num_g, gallery_rows)]
+
+    def submit(t):
+        rows, blk, g0, g1 = tiles[t]
+        r = slice(rows.start, rows.start + block_rows)
+        return _presqrt_and_cells(_block_dot(blk, gallery[g0:g1], metric), blk, aux[g0:g1], lo_d[r], hi_d[r],
+                                  shift_d[r], metric)
+
+    counts = np.zeros(num_q * _NUM_CODES, np.int64)
+    kept_rows, kept_cols, kept_vals, kept_codes = [], [], [], []
+    kept = 0
+    pending = submit(0)
+    for t, (rows, _, g0, g1) in enumerate(tiles):
+        pre, code, mask = pending
+        if t + 1 < len(tiles):
+            pending = submit(t + 1)  # made while this tile is read
+        n = rows.stop - rows.start
+        code = np.asarray(code)[:n]
+        flat = _set_bits(np.asarray(mask)[:n])
+        key = (rows.start + flat // code.shape[1]) * _NUM_CODES + code.reshape(-1)[flat]
+        counts += np.bincount(key, minlength=counts.size)
+        sel = uncertain[key]
+        kept += int(np.count_nonzero(sel))
+        if kept * _KEPT_ENTRY_BYTES > _EVAL_KEPT_BYTES:
+            raise _TooManyKept
+        r, c = np.divmod(flat[sel], code.shape[1])
+        kept_rows.append((rows.start + r).astype(np.int32))
+        kept_codes.append((key[sel] % _NUM_CODES).astype(np.uint8))
+        kept_cols.append((g0 + c).astype(np.int32))
+        kept_vals.append(_finish(np.asarray(pre)[r, c], metric))
+    del pending
+    e_row, e_col = np.concatenate(kept_rows).astype(np.int64), np.concatenate(kept_cols).astype(np.int64)
+    e_val, e_code = np.concatenate(kept_vals), np.concatenate(kept_codes)
+
+    # Each pair's tile value: among the kept entries, or beyond its row's last good pair (inf).
+    e_key = e_row * num_g + e_col
+    by_key = np.argsort(e_key)
+    e_key, p_key = e_key[by_key], p_q * num_g + p_g
+    at = np.searchsorted(e_key, p_key)
+    found = at < e_key.size
+    found[found] = e_key[at[found]] == p_key[found]
+    p_val = np.full(p_key.size, np.inf, np.float32)
+    p_val[found] = e_val[by_key][at[found]]
+    if not found[~p_junk].all():  # cannot happen: its band holds it
+        raise RuntimeError("a good pair's distance fell outside the band _pair_bands gave it")
+    gq, gg, gd, junk_before, hit_k, index = order_pairs(p_q, p_g, p_val, p_junk, n_same)
+
+    # Position = entries in cells below the pair's band + kept entries before it that are not in those cells.
+    first = code_of(gq, a_bits[index])
+    below = np.cumsum(counts.reshape(num_q, _NUM_CODES), axis=1)
+    kept_below = np.cumsum(np.bincount(e_row * _NUM_CODES + e_code, minlength=num_q * _NUM_CODES)
+                           .reshape(num_q, _NUM_CODES), axis=1)
+    before = _count_before(e_row, e_val, e_col, gq, gd, gg, num_g)
+    pos = below[gq, first - 1] + before - kept_below[gq, first - 1]
+    rank = (pos - junk_before + 1).astype(np.float64)
+    return metrics_from_ranks(gq, hit_k, rank, num_q, max_rank, ap_mode)
+
+
+def _count_before(rows, vals, cols, q_rows, q_vals, q_cols, num_cols: int) -> np.ndarray:
+    """For each i: ``#{e : rows[e] == q_rows[i], (vals[e], cols[e]) < (q_vals[i], q_cols[i])}``, values >= +0.0.
+
+    One sort of int64 keys (row, value bits, column) and a search; rows are taken in chunks of
+    ``2**(32 - column bits)`` so that a key fits 63 bits.
+    """
+    cb = int(num_cols).bit_length()
+    span = 1 << (32 - cb)
+
+    def keys(r, v, c):
+        bits = (v.astype(np.float32) + np.float32(0)).view(np.int32).astype(np.int64)
+        return ((((r % span) << 31) | bits) << cb) | c
+
+    out = np.zeros(q_rows.size, np.int64)
+    chunk_e, chunk_q = rows // span, q_rows // span
+    for chunk in np.unique(chunk_q):
+        e, q = chunk_e == chunk, chunk_q == chunk
+        srt = np.sort(keys(rows[e], vals[e], cols[e]))
+        start = np.searchsorted(srt, (q_rows[q] % span) << (31 + cb))
+        out[q] = np.searchsorted(srt, keys(q_rows[q], q_vals[q], q_cols[q])) - start
+    return out
