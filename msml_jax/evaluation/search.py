@@ -1,10 +1,9 @@
-"""Query x gallery distances, top-k retrieval and ranking metrics in query blocks.
+"""Query x gallery distances, top-k retrieval and ranking metrics in blocks and tiles.
 
-Nothing here holds the whole ``[Q, G]`` distance matrix: queries are taken in
-blocks of ``b`` rows, each block's ``[b, G]`` distances are computed on the
-default JAX device (one jitted program, compiled once: the last block is
-padded) and consumed before the next one is made.  Memory grows with
-``b * G`` (about ``max_block_bytes``, 128 MiB by default), not with ``Q * G``.
+Nothing here holds the whole ``[Q, G]`` distance matrix: distances are made on
+the default JAX device, a block of ``[b, G]`` or a tile of ``[b, G']`` at a
+time (about ``max_block_bytes``, 128 MiB by default), by one jitted program per
+shape, and consumed before the next one is made.
 
 * ``distance_blocks``: the ``(query slice, [b, G] float32 numpy)`` blocks.
 * ``top_k``: the ``k`` nearest gallery items of every query, exactly as the
@@ -14,12 +13,16 @@ padded) and consumed before the next one is made.  Memory grows with
 * ``evaluate_ranking_blocks``: the dense ``evaluate_ranking`` (Market-1501
   protocol) applied to each block of rows and combined; accepts any blocks,
   e.g. re-ranked ones from ``msml_jax.evaluation.rerank``.
-* ``evaluate_ranking_blocked``: both of the above, from embeddings.
+* ``evaluate_ranking_blocked``: the same metrics from embeddings, in the tiles
+  of ``top_k``: each match's rank is counted (entries per row and cell of
+  distances), and only entries whose distance lies near a match's leave a tile.
 
 Distances are those of ``msml_jax.distances.pairwise_distance`` (its
 ``METRICS``), from the same pieces (float32, highest matmul precision); pass
 the embeddings through ``distances.comparable`` first, as the dense evaluation
-does.  The gallery is put on the device once: pass a JAX
+does.  How XLA's CPU matmul rounds a product (~1 ulp) depends on the shape of
+the block, so two entries within an ulp of each other may rank in another order
+than in a dense matrix.  The gallery is put on the device once: pass a JAX
 array to avoid that copy (on the CPU backend a NumPy gallery costs one copy in host memory).
 """
 
@@ -531,21 +534,17 @@ class _TooManyKept(Exception):
 
 
 @functools.partial(jax.jit, static_argnames=("metric",), donate_argnums=(0,))
-def _presqrt_and_cells(dot, query, aux, lo_bits, hi_bits, shift, metric):
-    """``_presqrt_and_code``'s values, each entry's code (``_NUM_CODES``) from its row's cells, and a bitmask
-    of the entries coded non-zero.
+def _presqrt_and_bitmask(dot, query, aux, hi_bits, metric):
+    """``_presqrt_and_code``'s values, and a bitmask of the entries whose float32 bit pattern is at most their
+    row's ``hi_bits`` (non-negative floats order as their bit patterns).
 
-    The codes are uint8 ``[b, G8]`` (``G8``: ``G'`` rounded up to a multiple of 8, the extra columns coded 0),
-    the bitmask uint8 ``[b, G8 / 8]``, entry ``8 i + k`` (flat, in ``[b, G8]``) in bit ``k`` of byte ``i``:
-    8x less for the host to scan than the codes.
+    The bitmask is uint8 ``[b, ceil(G' / 8)]``: entry ``8 i + k`` of the row in bit ``k`` of its byte ``i``
+    (8x less for the host to scan than a byte per entry).
     """
     pre = block_distance(query, None, aux, SQEUCLIDEAN if metric == EUCLIDEAN else metric, dot=dot)
-    bits = jax.lax.bitcast_convert_type(pre, jnp.int32)  # ordered as the values: non-negative, +0.0
-    cell = 2 + jnp.right_shift(bits - lo_bits[:, None], shift[:, None])
-    code = jnp.where(bits > hi_bits[:, None], 0, jnp.where(bits < lo_bits[:, None], 1, cell)).astype(jnp.uint8)
-    code = jnp.pad(code, ((0, 0), (0, -pre.shape[1] % 8)))
-    mask = (code != 0).astype(jnp.uint8).reshape(pre.shape[0], -1, 8) << jnp.arange(8, dtype=jnp.uint8)
-    return pre, code, jnp.sum(mask, axis=2, dtype=jnp.uint8)
+    mask = jax.lax.bitcast_convert_type(pre, jnp.int32) <= hi_bits[:, None]
+    mask = jnp.pad(mask, ((0, 0), (0, -pre.shape[1] % 8))).reshape(pre.shape[0], -1, 8)
+    return pre, jnp.sum(mask.astype(jnp.uint8) << jnp.arange(8, dtype=jnp.uint8), axis=2, dtype=jnp.uint8)
 
 
 # Per byte value: the index of its lowest set bit.
@@ -566,7 +565,7 @@ def _set_bits(mask: np.ndarray) -> np.ndarray:
 def _pair_bands(query, gallery, p_q, p_g, metric):
     """Per (query, gallery) pair, float32 bit patterns ``(a, b)`` around the value the tiles compute for it.
 
-    The value is that of ``_presqrt_and_cell`` (squared distance for euclidean), made in float64 here; a
+    The value is that of ``_presqrt_and_bitmask`` (squared distance for euclidean), made in float64 here; a
     float32 matmul of dimension D errs by at most ``D u |q| |g|`` (u = 2^-24), the norms and the sums by a few
     u more, so ``[v - band, v + band]`` with ``band = 2 (D + 8) u s`` (``s`` bounds every term) holds the
     tile's value whatever its summation order.  A further relative ``8 u`` keeps every value outside
@@ -598,14 +597,15 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
     The stable 0-based position of a good pair ``j`` of row ``q`` is the number of entries before it in
     the order (distance, gallery index); its rank subtracts the junk pairs before it (``ranking.order_pairs``).
     Each pair's tile value is known beforehand to within a band (``_pair_bands``), so per row the entries
-    beyond the last good pair's band can precede no match (code 0) and those before the first pair's band
-    precede every pair (code 1); in between, a tile codes each entry by its cell, a run of ``2**shift``
-    consecutive float32 bit patterns (at most 254 cells).  The host counts the codes per (row, cell) and
-    keeps whole (row, column, distance) only the entries in a cell some pair's band reaches.  Then an entry
-    in a cell below pair ``j``'s lowest cell precedes it (its value is below the band), one in a higher cell
-    follows it, and the kept entries (the pairs among them, with their exact tile values) are compared with
-    ``j`` by (distance, gallery index).  The same arithmetic as ``top_k`` makes the tiles (squared distances
-    for euclidean, square roots on the host of the kept entries only).
+    beyond the last good pair's band precede no match and those before the first pair's band precede every
+    pair.  A tile marks in a bitmask the entries up to the row's last good band; the host codes those by cell
+    (1 before the first band, else 2 + a run of ``2**shift`` consecutive float32 bit patterns: at most 254
+    cells per row), counts them per (row, cell), and keeps whole (row, column, distance) only the entries
+    in a cell some pair's band reaches.  Then an entry in a cell below pair ``j``'s lowest cell precedes it
+    (its value is below the band), one in a higher cell follows it, and the kept entries (the pairs among
+    them, with their exact tile values) are compared with ``j`` by (distance, gallery index).  The tiles
+    are made by the arithmetic of ``top_k`` (squared distances for euclidean; the host takes the square roots
+    of the kept entries only).
     """
     num_q, num_g = query.shape[0], gallery.shape[0]
     p_q, p_g, n_same = same_pid_pairs(q_pids, g_pids)
@@ -627,8 +627,9 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
             break
         shift += wide
 
-    def code_of(q, bits):  # as _presqrt_and_cells codes an entry of row q
-        return np.where(bits > hi[q], 0, np.where(bits < lo[q], 1, 2 + ((bits - lo[q]) >> shift[q])))
+    def code_of(q, bits):  # of entries of rows q with float32 bit patterns bits
+        lo_q = lo[q]
+        return np.where(bits > hi[q], 0, np.where(bits < lo_q, 1, 2 + ((bits - lo_q) >> shift[q])))
 
     # The cells each pair's band reaches (ignoring pairs beyond the row's last good pair).
     reach = np.zeros((num_q, _NUM_CODES + 1), np.int64)
@@ -639,39 +640,38 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
     uncertain = (np.cumsum(reach, axis=1)[:, :_NUM_CODES] > 0).reshape(-1)
 
     aux = gallery_aux(gallery, metric)
-    lo_d, hi_d, shift_d = (jnp.asarray(np.pad(x, (0, -num_q % block_rows), constant_values=-1).astype(np.int32))
-                           for x in (lo, hi, shift))  # padded rows: hi -1, every entry coded 0
+    hi_d = jnp.asarray(np.pad(hi, (0, -num_q % block_rows), constant_values=-1).astype(np.int32))
     tiles = [(rows, blk, g0, min(g0 + gallery_rows, num_g)) for rows, blk in _padded_blocks(query, block_rows)
              for g0 in range(0, num_g, gallery_rows)]
 
     def submit(t):
         rows, blk, g0, g1 = tiles[t]
-        r = slice(rows.start, rows.start + block_rows)
-        return _presqrt_and_cells(_block_dot(blk, gallery[g0:g1], metric), blk, aux[g0:g1], lo_d[r], hi_d[r],
-                                  shift_d[r], metric)
+        return _presqrt_and_bitmask(_block_dot(blk, gallery[g0:g1], metric), blk, aux[g0:g1],
+                                    hi_d[rows.start:rows.start + block_rows], metric)
 
     counts = np.zeros(num_q * _NUM_CODES, np.int64)
     kept_rows, kept_cols, kept_vals, kept_codes = [], [], [], []
     kept = 0
     pending = submit(0)
     for t, (rows, _, g0, g1) in enumerate(tiles):
-        pre, code, mask = pending
+        pre, mask = pending
         if t + 1 < len(tiles):
             pending = submit(t + 1)  # made while this tile is read
         n = rows.stop - rows.start
-        code = np.asarray(code)[:n]
-        flat = _set_bits(np.asarray(mask)[:n])
-        key = (rows.start + flat // code.shape[1]) * _NUM_CODES + code.reshape(-1)[flat]
+        mask = np.asarray(mask)[:n]
+        r, c = np.divmod(_set_bits(mask), mask.shape[1] * 8)
+        val = np.asarray(pre)[r, c]
+        r += rows.start
+        key = r * _NUM_CODES + code_of(r, val.view(np.int32))
         counts += np.bincount(key, minlength=counts.size)
         sel = uncertain[key]
         kept += int(np.count_nonzero(sel))
         if kept * _KEPT_ENTRY_BYTES > _EVAL_KEPT_BYTES:
             raise _TooManyKept
-        r, c = np.divmod(flat[sel], code.shape[1])
-        kept_rows.append((rows.start + r).astype(np.int32))
+        kept_rows.append(r[sel].astype(np.int32))
         kept_codes.append((key[sel] % _NUM_CODES).astype(np.uint8))
-        kept_cols.append((g0 + c).astype(np.int32))
-        kept_vals.append(_finish(np.asarray(pre)[r, c], metric))
+        kept_cols.append((g0 + c[sel]).astype(np.int32))
+        kept_vals.append(_finish(val[sel], metric))
     del pending
     e_row, e_col = np.concatenate(kept_rows).astype(np.int64), np.concatenate(kept_cols).astype(np.int64)
     e_val, e_code = np.concatenate(kept_vals), np.concatenate(kept_codes)
