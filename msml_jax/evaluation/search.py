@@ -571,9 +571,22 @@ def _pair_bands(query, gallery, p_q, p_g, metric):
     tile's value whatever its summation order.  A further relative ``8 u`` keeps every value outside
     ``[a, b]`` from sharing a square root with one inside.
     """
-    q = np.asarray(query, np.float64)[p_q]
-    g = np.asarray(jnp.take(gallery, jnp.asarray(p_g, np.int32), axis=0), np.float64)
-    dim = q.shape[1]
+    queries = np.asarray(query, np.float64)
+    bands = [_pair_band_chunk(queries[p_q[s:s + _PAIR_CHUNK]], gallery, p_g[s:s + _PAIR_CHUNK], metric)
+             for s in range(0, p_g.size, _PAIR_CHUNK)]
+    a = np.concatenate([x for x, _ in bands] + [np.zeros(0, np.int32)])
+    return a, np.concatenate([y for _, y in bands] + [np.zeros(0, np.int32)])
+
+
+# Pairs per piece of _pair_bands (gallery rows gathered at once: one program for every piece).
+_PAIR_CHUNK = 4096
+
+_take_rows = jax.jit(lambda x, i: jnp.take(x, i, axis=0))
+
+
+def _pair_band_chunk(q, gallery, p_g, metric):
+    g = np.asarray(_take_rows(gallery, np.pad(p_g, (0, _PAIR_CHUNK - p_g.size)).astype(np.int32)),
+                   np.float64)[:p_g.size]
     if metric == COSINE:
         v = 1.0 - np.sum(l2_normalize_numpy(q) * l2_normalize_numpy(g), axis=1)
         scale = 4.0
@@ -582,11 +595,11 @@ def _pair_bands(query, gallery, p_q, p_g, metric):
         v = qq + gg - 2.0 * np.sum(q * g, axis=1)
         scale = (np.sqrt(qq) + np.sqrt(gg)) ** 2
     u = 2.0 ** -24
-    band = 2 * (dim + 8) * u * scale + 8 * u * np.abs(v) + 1e-30
-    a = np.maximum(v - band, 0.0).astype(np.float32)
-    a = np.where(a > np.maximum(v - band, 0.0), np.nextafter(a, np.float32(0)), a)
-    b = (v + band).astype(np.float32)
-    b = np.where(b < v + band, np.nextafter(b, np.float32(np.inf)), b)
+    band = 2 * (q.shape[1] + 8) * u * scale + 8 * u * np.abs(v) + 1e-30
+    lower, upper = np.maximum(v - band, 0.0), v + band
+    a, b = lower.astype(np.float32), upper.astype(np.float32)  # rounded outwards:
+    a = np.where(a > lower, np.nextafter(a, np.float32(0)), a)
+    b = np.where(b < upper, np.nextafter(b, np.float32(np.inf)), b)
     return a.view(np.int32), b.view(np.int32)
 
 
