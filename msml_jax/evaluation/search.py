@@ -641,8 +641,7 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
         shift += wide
 
     def code_of(q, bits):  # of entries of rows q with float32 bit patterns bits
-        lo_q = lo[q]
-        return np.where(bits > hi[q], 0, np.where(bits < lo_q, 1, 2 + ((bits - lo_q) >> shift[q])))
+        return np.where(bits > hi[q], 0, 2 + (np.maximum(bits - lo[q], -1) >> shift[q]))  # 1 below lo
 
     # The cells each pair's band reaches (ignoring pairs beyond the row's last good pair).
     reach = np.zeros((num_q, _NUM_CODES + 1), np.int64)
@@ -671,18 +670,19 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
         if t + 1 < len(tiles):
             pending = submit(t + 1)  # made while this tile is read
         n = rows.stop - rows.start
-        mask = np.asarray(mask)[:n]
+        mask, pre = np.asarray(mask)[:n], np.asarray(pre)[:n]
         r, c = np.divmod(_set_bits(mask), mask.shape[1] * 8)
-        val = np.asarray(pre)[r, c]
+        val = pre.reshape(-1)[r * pre.shape[1] + c]
         r += rows.start
-        key = r * _NUM_CODES + code_of(r, val.view(np.int32))
+        code = 2 + (np.maximum(val.view(np.int32) - lo[r], -1) >> shift[r])  # as code_of: val <= hi here
+        key = r * _NUM_CODES + code
         counts += np.bincount(key, minlength=counts.size)
-        sel = uncertain[key]
-        kept += int(np.count_nonzero(sel))
+        sel = np.flatnonzero(uncertain[key])
+        kept += sel.size
         if kept * _KEPT_ENTRY_BYTES > _EVAL_KEPT_BYTES:
             raise _TooManyKept
         kept_rows.append(r[sel].astype(np.int32))
-        kept_codes.append((key[sel] % _NUM_CODES).astype(np.uint8))
+        kept_codes.append(code[sel].astype(np.uint8))
         kept_cols.append((g0 + c[sel]).astype(np.int32))
         kept_vals.append(_finish(val[sel], metric))
     del pending
