@@ -5,7 +5,7 @@ import pytest
 import scipy.ndimage
 import tensorflow as tf
 
-from msml_jax.data.augment import Augmentation, Rows, augment, augment_to_size, crop_box, draw
+from msml_jax.data.augment import Augmentation, Rows, _blur, augment, augment_to_size, crop_box, draw, gaussian_kernels
 from msml_jax.data.pipeline import train_dataset, train_dataset_from_config
 from msml_jax.data.sampling import PKSampler
 from tests.conftest import make_tiny_config
@@ -99,6 +99,23 @@ def test_each_image_is_its_box_flipped_blurred_and_resized(source, size):
             expected = blur(_bilinear(crop, size), (1, 1))
         np.testing.assert_allclose(out[i], expected, atol=1e-3)
     assert 4 <= flips <= 20 and 4 <= blurs <= 20
+
+
+@pytest.mark.parametrize("shape, sigmas, radius", [((9, 7), (0.8, 0.5), 2), ((3, 5), (1.5, 0.3), 2), ((6, 4), (0.0, 1.0), 1)])
+def test_blur_is_a_reflected_2d_gaussian_convolution(shape, sigmas, radius):
+    # Against a direct 2-D convolution in numpy: the kernel k(a, b) = g_y(a) g_x(b), g the Gaussian of std sigma
+    # sampled at -r..r and normalised (sigma 0: the identity), over the image mirrored about its edge pixels.
+    image = np.random.default_rng(4).uniform(0, 255, (*shape, 3)).astype(np.float32)
+    taps = np.arange(-radius, radius + 1)
+    g = [np.exp(-0.5 * (taps / s) ** 2) if s > 0 else (taps == 0).astype(float) for s in sigmas]
+    kernel = np.outer(g[0] / g[0].sum(), g[1] / g[1].sum())
+    padded = np.pad(image.astype(np.float64), [(radius, radius), (radius, radius), (0, 0)], mode="reflect")
+    expected = np.zeros(image.shape)
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            expected[i, j] = np.einsum("ab,abc->c", kernel, padded[i : i + 2 * radius + 1, j : j + 2 * radius + 1])
+    kernel_y, kernel_x = tf.unstack(gaussian_kernels(tf.constant(sigmas), radius))
+    np.testing.assert_allclose(_blur(tf.constant(image), kernel_y, kernel_x).numpy(), expected, atol=1e-3)
 
 
 def test_shift_translates_both_ways_by_up_to_shift():
