@@ -621,9 +621,17 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
     of the kept entries only).
     """
     num_q, num_g = query.shape[0], gallery.shape[0]
+    tiles = [(rows, blk, g0, min(g0 + gallery_rows, num_g)) for rows, blk in _padded_blocks(query, block_rows)
+             for g0 in range(0, num_g, gallery_rows)]
+    products = [_block_dot(blk, gallery[g0:g1], metric) for _, blk, g0, g1 in tiles[:2]]  # need no bands
     p_q, p_g, n_same = same_pid_pairs(q_pids, g_pids)
     p_junk = g_camids[p_g] == q_camids[p_q]
     a_bits, b_bits = _pair_bands(query, gallery, p_q, p_g, metric)
+    # The pairs of each tile (tiles go row block by row block), whose values are read from it.
+    tile_of = (p_q // block_rows) * -(-num_g // gallery_rows) + p_g // gallery_rows
+    pair_order = np.argsort(tile_of, kind="stable")
+    pair_bounds = np.searchsorted(tile_of[pair_order], np.arange(len(tiles) + 1))
+    p_val = np.full(p_q.size, np.inf, np.float32)
 
     # Per row: first pair's band start (lo), last good pair's band end (hi), and the cell width 2**shift.
     lo = np.zeros(num_q, np.int64)
@@ -653,13 +661,11 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
 
     aux = gallery_aux(gallery, metric)
     hi_d = jnp.asarray(np.pad(hi, (0, -num_q % block_rows), constant_values=-1).astype(np.int32))
-    tiles = [(rows, blk, g0, min(g0 + gallery_rows, num_g)) for rows, blk in _padded_blocks(query, block_rows)
-             for g0 in range(0, num_g, gallery_rows)]
 
     def submit(t):
         rows, blk, g0, g1 = tiles[t]
-        return _presqrt_and_bitmask(_block_dot(blk, gallery[g0:g1], metric), blk, aux[g0:g1],
-                                    hi_d[rows.start:rows.start + block_rows], metric)
+        dot = products.pop(0) if products else _block_dot(blk, gallery[g0:g1], metric)
+        return _presqrt_and_bitmask(dot, blk, aux[g0:g1], hi_d[rows.start:rows.start + block_rows], metric)
 
     counts = np.zeros(num_q * _NUM_CODES, np.int64)
     kept_rows, kept_cols, kept_vals, kept_codes = [], [], [], []
@@ -671,6 +677,11 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
             pending = submit(t + 1)  # made while this tile is read
         n = rows.stop - rows.start
         mask, pre = np.asarray(mask)[:n], np.asarray(pre)[:n]
+        pairs = pair_order[pair_bounds[t]:pair_bounds[t + 1]]
+        pair_bits = pre[p_q[pairs] - rows.start, p_g[pairs] - g0].view(np.int32)
+        if not ((a_bits[pairs] <= pair_bits) & (pair_bits <= b_bits[pairs])).all():  # cannot happen
+            raise RuntimeError("a pair's distance fell outside the band _pair_bands gave it")
+        p_val[pairs] = _finish(pair_bits.view(np.float32), metric)
         r, c = np.divmod(_set_bits(mask), mask.shape[1] * 8)
         val = pre.reshape(-1)[r * pre.shape[1] + c]
         r += rows.start
@@ -689,17 +700,6 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
     e_row, e_col = np.concatenate(kept_rows).astype(np.int64), np.concatenate(kept_cols).astype(np.int64)
     e_val, e_code = np.concatenate(kept_vals), np.concatenate(kept_codes)
 
-    # Each pair's tile value: among the kept entries, or beyond its row's last good pair (inf).
-    e_key = e_row * num_g + e_col
-    by_key = np.argsort(e_key)
-    e_key, p_key = e_key[by_key], p_q * num_g + p_g
-    at = np.searchsorted(e_key, p_key)
-    found = at < e_key.size
-    found[found] = e_key[at[found]] == p_key[found]
-    p_val = np.full(p_key.size, np.inf, np.float32)
-    p_val[found] = e_val[by_key][at[found]]
-    if not found[~p_junk].all():  # cannot happen: its band holds it
-        raise RuntimeError("a good pair's distance fell outside the band _pair_bands gave it")
     gq, gg, gd, junk_before, hit_k, index = order_pairs(p_q, p_g, p_val, p_junk, n_same)
 
     # Position = entries in cells below the pair's band + kept entries before it that are not in those cells.
