@@ -29,6 +29,7 @@ array to avoid that copy (on the CPU backend a NumPy gallery costs one copy in h
 from __future__ import annotations
 
 import functools
+import typing
 from typing import Iterable, Iterator, Tuple
 
 import jax
@@ -605,6 +606,32 @@ def _pair_band_chunk(q, gallery, p_g, metric):
     return a.view(np.int32), b.view(np.int32)
 
 
+class _RowCells(typing.NamedTuple):
+    """The cells of the rows of ``_rank_tiles``: int64 ``[Q]`` float32 bit patterns ``lo`` (the first pair's band
+    start) and ``hi`` (the last good pair's band end; -1 for a row without one), and ``shift``: the code of an
+    entry with bit pattern ``x`` is 0 above ``hi``, 1 below ``lo``, else ``2 + (x - lo) >> shift`` (<= 255)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    shift: np.ndarray
+
+    @classmethod
+    def of(cls, num_rows, good_rows, good_b, pair_rows, pair_a):
+        hi = np.full(num_rows, -1, np.int64)
+        np.maximum.at(hi, good_rows, good_b)
+        lo = np.full(num_rows, np.iinfo(np.int32).max, np.int64)
+        np.minimum.at(lo, pair_rows, pair_a)
+        lo = np.where(hi >= 0, lo, 0)
+        shift = np.zeros(num_rows, np.int64)
+        while ((hi - lo) >> shift > _NUM_CODES - 3).any():
+            shift += (hi - lo) >> shift > _NUM_CODES - 3
+        return cls(lo, hi, shift)
+
+    def code(self, rows, bits):
+        """The codes of entries of ``rows`` with float32 bit patterns ``bits``."""
+        return np.where(bits > self.hi[rows], 0, 2 + (np.maximum(bits - self.lo[rows], -1) >> self.shift[rows]))
+
+
 def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_rank, ap_mode,
                 block_rows, gallery_rows) -> dict:
     """``evaluate_ranking_blocked`` in ``[block_rows, gallery_rows]`` tiles: a match's rank by counting.
@@ -635,30 +662,14 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
     pair_bounds = np.searchsorted(tile_of[pair_order], np.arange(len(tiles) + 1))
     p_val = np.full(p_q.size, np.inf, np.float32)
 
-    # Per row: first pair's band start (lo), last good pair's band end (hi), and the cell width 2**shift.
-    lo = np.zeros(num_q, np.int64)
-    hi = np.full(num_q, -1, np.int64)  # rows without a good pair: every entry coded 0
-    np.maximum.at(hi, p_q[~p_junk], b_bits[~p_junk])
-    lo_all = np.full(num_q, np.iinfo(np.int32).max, np.int64)
-    np.minimum.at(lo_all, p_q, a_bits)
-    has = hi >= 0
-    lo[has] = lo_all[has]
-    shift = np.zeros(num_q, np.int64)
-    while True:
-        wide = ((hi - lo) >> shift) > _NUM_CODES - 3
-        if not wide.any():
-            break
-        shift += wide
-
-    def code_of(q, bits):  # of entries of rows q with float32 bit patterns bits
-        return np.where(bits > hi[q], 0, 2 + (np.maximum(bits - lo[q], -1) >> shift[q]))  # 1 below lo
+    cells = _RowCells.of(num_q, p_q[~p_junk], b_bits[~p_junk], p_q, a_bits)
+    lo, hi, shift = cells
 
     # The cells each pair's band reaches (ignoring pairs beyond the row's last good pair).
     reach = np.zeros((num_q, _NUM_CODES + 1), np.int64)
     near = a_bits <= hi[p_q]
-    c0, c1 = code_of(p_q[near], a_bits[near]), code_of(p_q[near], np.minimum(b_bits[near], hi[p_q[near]]))
-    np.add.at(reach, (p_q[near], c0), 1)
-    np.add.at(reach, (p_q[near], c1 + 1), -1)
+    np.add.at(reach, (p_q[near], cells.code(p_q[near], a_bits[near])), 1)
+    np.add.at(reach, (p_q[near], cells.code(p_q[near], np.minimum(b_bits[near], hi[p_q[near]])) + 1), -1)
     uncertain = (np.cumsum(reach, axis=1)[:, :_NUM_CODES] > 0).reshape(-1)
 
     aux = gallery_aux(gallery, metric)
@@ -682,12 +693,13 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
         pairs = pair_order[pair_bounds[t]:pair_bounds[t + 1]]
         pair_bits = pre[p_q[pairs] - rows.start, p_g[pairs] - g0].view(np.int32)
         if not ((a_bits[pairs] <= pair_bits) & (pair_bits <= b_bits[pairs])).all():  # cannot happen
-            raise RuntimeError("a pair's distance fell outside the band _pair_bands gave it")
+            raise RuntimeError("a pair's distance fell outside the band _pair_bands gave it (an overflow to inf "
+                               "or NaN: embeddings of magnitude ~1e19?)")
         p_val[pairs] = _finish(pair_bits.view(np.float32), metric)
         r, c = np.divmod(_set_bits(mask), mask.shape[1] * 8)
         val = pre.reshape(-1)[r * pre.shape[1] + c]
         r += rows.start
-        code = 2 + (np.maximum(val.view(np.int32) - lo[r], -1) >> shift[r])  # as code_of: val <= hi here
+        code = 2 + (np.maximum(val.view(np.int32) - lo[r], -1) >> shift[r])  # cells.code, knowing val <= hi
         key = r * _NUM_CODES + code
         counts += np.bincount(key, minlength=counts.size)
         sel = np.flatnonzero(uncertain[key])
@@ -705,7 +717,7 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
     gq, gg, gd, junk_before, hit_k, index = order_pairs(p_q, p_g, p_val, p_junk, n_same)
 
     # Position = entries in cells below the pair's band + kept entries before it that are not in those cells.
-    first = code_of(gq, a_bits[index])
+    first = cells.code(gq, a_bits[index])
     below = np.cumsum(counts.reshape(num_q, _NUM_CODES), axis=1)
     kept_below = np.cumsum(np.bincount(e_row * _NUM_CODES + e_code, minlength=num_q * _NUM_CODES)
                            .reshape(num_q, _NUM_CODES), axis=1)
