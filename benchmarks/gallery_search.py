@@ -105,9 +105,7 @@ def run_case(op, num_gallery, block_mib, k):
     rows = search.block_rows_for(NUM_QUERY, num_gallery, block)
     shape = f"blocks of {rows} queries"
     if op in ("topk", "eval"):  # both go over [rows, cols] tiles
-        rows = search.block_rows_for(NUM_QUERY, 1, search._TOP_K_TILE_QUERIES * 4)
-        cols = search.block_rows_for(num_gallery, rows, block)
-        shape = f"tiles of {rows} x {cols - cols % search._TILE_ALIGN if cols < num_gallery else cols}"
+        shape = "tiles of {} x {}".format(*search.tile_shape(NUM_QUERY, num_gallery, max_block_bytes=block))
     print(f"{op:>5} G={num_gallery:>9,}: {dt:7.1f} s wall ({cpu:7.1f} s CPU)  peak RSS {rss_mib():6.0f} MiB "
           f"(before the call {rss0:.0f} MiB, gallery {g.nbytes / 2**20:.0f} MiB; {shape})  "
           f"{what}", flush=True)

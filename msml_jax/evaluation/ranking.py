@@ -56,6 +56,9 @@ __all__ = ["evaluate_ranking", "AP_MODES", "MEAN_PRECISION", "OFFICIAL_AP"]
 MEAN_PRECISION, OFFICIAL_AP = "mean_precision", "official"
 AP_MODES = (MEAN_PRECISION, OFFICIAL_AP)
 
+NO_VALID_QUERY = ("no valid query: every query lacks a matching gallery entry (same pid, different camera) "
+                  "after junk removal")
+
 # Rows processed per work item.  Small enough that a block (and its mask and
 # sorted copy) stays mostly in cache, large enough to amortize numpy overhead.
 _BLOCK_ROWS = 32
@@ -272,8 +275,7 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
     if num_valid == 0:
         if dist.dtype.kind == "f" and np.isnan(dist).any():
             raise ValueError("distmat contains NaN")
-        raise ValueError("no valid query: every query lacks a matching gallery entry "
-                         "(same pid, different camera) after junk removal")
+        raise ValueError(NO_VALID_QUERY)
 
     # ---- 2. per row block (threaded): #{j : d_j < d_p} and tie detection for
     # every good pair; this also checks every row for NaN.

@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msml_jax.distances import EUCLIDEAN, RANKING_METRICS, SQEUCLIDEAN, inverse_norm
+from msml_jax.distances import EUCLIDEAN, RANKING_METRICS, SQEUCLIDEAN, inverse_norm, sq_euclidean_expansion
 from msml_jax.evaluation import search
 from msml_jax.evaluation.search import _dot_jit, _flat_nonzero_sparse, _TopK
 
@@ -299,12 +299,12 @@ def _scaled_from_dot(dot, xb, aux, col_max, lambda_value, metric):
     product, as the published ``original_dist * lambda_value``.
     """
     if metric == EUCLIDEAN:
-        d2 = jnp.maximum(jnp.sum(xb * xb, axis=-1)[:, None] + aux[None, :] - 2.0 * dot, 0.0)
+        d2 = sq_euclidean_expansion(xb, None, aux, dot=dot)
     else:
         cos = dot * (inverse_norm(xb)[:, None] * aux[None, :])
         d = jnp.clip(1.0 - cos, 0.0, 2.0)
         d2 = d * d
-    return jnp.where(d2 > 0, d2, 0.0) / col_max[:, None] * lambda_value
+    return jnp.abs(d2) / col_max[:, None] * lambda_value  # abs: zeros +0.0, as search.block_distance
 
 
 class _Embeddings:

@@ -36,13 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msml_jax.evaluation.ranking import (AP_MODES, MEAN_PRECISION, evaluate_ranking, metrics_from_ranks,
-                                         order_pairs, same_pid_pairs)
+from msml_jax.evaluation.ranking import (AP_MODES, MEAN_PRECISION, NO_VALID_QUERY, evaluate_ranking,
+                                         metrics_from_ranks, order_pairs, same_pid_pairs)
 from msml_jax.distances import (COSINE, EUCLIDEAN, METRICS, SQEUCLIDEAN, check_metric, inverse_norm, l2_normalize,
                                 l2_normalize_numpy, sq_euclidean_expansion)
 
 __all__ = ["METRICS", "distance_blocks", "top_k", "evaluate_ranking_blocks",
-           "evaluate_ranking_blocked", "block_rows_for"]
+           "evaluate_ranking_blocked", "block_rows_for", "tile_shape"]
 
 # Default size of one [b, G] float32 distance block: large enough that the
 # per-block costs (launch, evaluate_ranking's O(G) bookkeeping) are amortized,
@@ -166,8 +166,7 @@ def _xla_sqrt(x: np.ndarray) -> np.ndarray:
 
 def _finish(pre: np.ndarray, metric: str) -> np.ndarray:
     """``block_distance``'s values from ``_presqrt_and_code``'s (the same bits: +0.0 for zeros)."""
-    dist = _xla_sqrt(pre) if metric == EUCLIDEAN else pre
-    return np.where(dist > 0, dist, np.float32(0))
+    return np.abs(_xla_sqrt(pre) if metric == EUCLIDEAN else pre)
 
 
 def _presqrt_limit(bound: np.ndarray, metric: str) -> np.ndarray:
@@ -326,15 +325,29 @@ def top_k(query_emb, gallery_emb, k: int, metric: str = EUCLIDEAN, *, block_rows
     num_q, num_g = query.shape[0], gallery.shape[0]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_g:
         raise ValueError(f"k must be an integer in [1, num_gallery = {num_g}], got {k!r}")
+    best = _TopK(num_q, int(k), num_g)
+    _search_tiles(query, gallery, metric, *tile_shape(num_q, num_g, block_rows, max_block_bytes), best)
+    return best.cols, best.vals
+
+
+def tile_shape(num_q: int, num_g: int, block_rows: int | None = None,
+               max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> Tuple[int, int]:
+    """``(b, G')``: the tiles of ``top_k`` and ``evaluate_ranking_blocked``, ``[b, G']`` float32 of about
+    ``max_block_bytes``; ``b`` = ``block_rows``, by default every query up to ``_TOP_K_TILE_QUERIES``, and
+    ``G'`` a multiple of ``_TILE_ALIGN`` unless the whole gallery fits."""
     if block_rows is None:
         block_rows = block_rows_for(num_q, 1, _TOP_K_TILE_QUERIES * 4)
     block_rows = _check_block_rows(block_rows, num_q, num_g, max_block_bytes)
-    best = _TopK(num_q, int(k), num_g)
     gallery_rows = block_rows_for(num_g, block_rows, max_block_bytes)
     if _TILE_ALIGN <= gallery_rows < num_g:
         gallery_rows -= gallery_rows % _TILE_ALIGN
-    _search_tiles(query, gallery, metric, block_rows, gallery_rows, best)
-    return best.cols, best.vals
+    return block_rows, gallery_rows
+
+
+def _tiles(query, block_rows, gallery_rows, num_g):
+    """``(query slice, [block_rows, D] query block, g0, g1)`` of every tile, row block by row block."""
+    return [(rows, blk, g0, min(g0 + gallery_rows, num_g)) for rows, blk in _padded_blocks(query, block_rows)
+            for g0 in range(0, num_g, gallery_rows)]
 
 
 def _search_tiles(query, gallery, metric, block_rows, gallery_rows, best: _TopK) -> None:
@@ -352,8 +365,7 @@ def _search_tiles(query, gallery, metric, block_rows, gallery_rows, best: _TopK)
     """
     aux = gallery_aux(gallery, metric)
     num_g = gallery.shape[0]
-    tiles = [(rows, blk, g0, min(g0 + gallery_rows, num_g)) for rows, blk in _padded_blocks(query, block_rows)
-             for g0 in range(0, num_g, gallery_rows)]
+    tiles = _tiles(query, block_rows, gallery_rows, num_g)
 
     def submit(t):
         rows, blk, g0, g1 = tiles[t]
@@ -463,8 +475,7 @@ def evaluate_ranking_blocks(blocks: Iterable[Tuple[slice, np.ndarray]], q_pids, 
         missing = np.flatnonzero(~seen)
         raise ValueError(f"the blocks miss {missing.size} queries (first: {missing[0]})")
     if num_valid == 0:
-        raise ValueError("no valid query: every query lacks a matching gallery entry "
-                         "(same pid, different camera) after junk removal")
+        raise ValueError(NO_VALID_QUERY)
     return {
         "cmc": cmc_hits / num_valid,
         "mAP": float(ap_sum / num_valid),
@@ -493,16 +504,10 @@ def evaluate_ranking_blocked(query_emb, gallery_emb, q_pids, g_pids, q_camids, g
         raise ValueError(f"{num_q} queries and {num_g} gallery embeddings, but {ids[0].shape[0]} query and "
                          f"{ids[1].shape[0]} gallery ids")
     if not _has_valid_match(*ids).any():
-        raise ValueError("no valid query: every query lacks a matching gallery entry "
-                         "(same pid, different camera) after junk removal")
-    if block_rows is None:
-        block_rows = block_rows_for(num_q, 1, _TOP_K_TILE_QUERIES * 4)
-    block_rows = _check_block_rows(block_rows, num_q, num_g, max_block_bytes)
-    gallery_rows = block_rows_for(num_g, block_rows, max_block_bytes)
-    if _TILE_ALIGN <= gallery_rows < num_g:
-        gallery_rows -= gallery_rows % _TILE_ALIGN
+        raise ValueError(NO_VALID_QUERY)
     try:
-        return _rank_tiles(query, gallery, *ids, metric, int(max_rank), ap_mode, block_rows, gallery_rows)
+        return _rank_tiles(query, gallery, *ids, metric, int(max_rank), ap_mode,
+                           *tile_shape(num_q, num_g, block_rows, max_block_bytes))
     except _TooManyKept:
         blocks = _distance_block_iter(query, gallery, metric, block_rows_for(num_q, num_g, max_block_bytes))
         return evaluate_ranking_blocks(blocks, *ids, max_rank=max_rank, ap_mode=ap_mode)
@@ -650,8 +655,7 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
     of the kept entries only).
     """
     num_q, num_g = query.shape[0], gallery.shape[0]
-    tiles = [(rows, blk, g0, min(g0 + gallery_rows, num_g)) for rows, blk in _padded_blocks(query, block_rows)
-             for g0 in range(0, num_g, gallery_rows)]
+    tiles = _tiles(query, block_rows, gallery_rows, num_g)
     products = [_block_dot(blk, gallery[g0:g1], metric) for _, blk, g0, g1 in tiles[:2]]  # need no bands
     p_q, p_g, n_same = same_pid_pairs(q_pids, g_pids)
     p_junk = g_camids[p_g] == q_camids[p_q]
