@@ -183,8 +183,9 @@ def test_eval_names_the_damaged_checkpoint_and_how_to_pick_another(run, tmp_path
     ("embed_dim", 64, "config.model.embed_dim: 16 in the checkpoint, 64 now"),
     ("name", "resnet18", "config.model.name: 'small_resnet' in the checkpoint, 'resnet18' now"),
 ])
-def test_another_model_is_named_not_taken_for_damage(run, field, value, listing):
-    config, workdir, _, _ = run
+def test_another_model_is_named_not_taken_for_damage(run, field, value, listing, tmp_path):
+    # On a copy: the trainer's restore moves damaged steps aside, and the run is shared by this module's tests.
+    workdir = _copy(run[1], tmp_path, checkpoints_only=True)
     other = make_tiny_config()
     other.model[field] = value
     model = model_from_config(other, 12)
@@ -200,8 +201,8 @@ def test_another_model_is_named_not_taken_for_damage(run, field, value, listing)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
 
 
-def test_allow_config_change_to_another_backbone_is_refused_not_moved_aside(run):
-    _, workdir, _, _ = run
+def test_allow_config_change_to_another_backbone_is_refused_not_moved_aside(run, tmp_path):
+    workdir = _copy(run[1], tmp_path, checkpoints_only=True)  # a copy, as above
     other = make_tiny_config()
     other.model.name, other.allow_config_change = "resnet18", True
     model = model_from_config(other, 12)

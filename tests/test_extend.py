@@ -130,7 +130,8 @@ def test_a_registered_dataset_is_loaded_in_its_protocol(toy_run):
     evaluations = [r for r in records if "mAP" in r]
     assert {(r["dataset"], r["protocol"]) for r in evaluations} == {("toy", "toy_protocol")}
     assert [r["step"] for r in evaluations] == [0, 4, 4]  # train.py at 0 and 4, eval.py at 4
-    assert "toy" in evaluated.stdout  # the printed table
+    row = f"{100 * evaluations[-1]['mAP']:.1f}"  # eval.py's record, in its printed table (dataset, step, mAP...)
+    assert any(line.split()[:3] == ["toy", "4", row] for line in evaluated.stdout.splitlines()), evaluated.stdout
 
 
 def test_a_registered_protocol_ranks_the_evaluations(toy_run):

@@ -175,11 +175,13 @@ def paths(tmp_path_factory, tiny_flip_run):
     base = tmp_path_factory.mktemp("mistakes")
     p = {"WORK": str(base / "work"), "FILE": str(base / "afile"), "DIR": str(base / "adir"),
          "NOFILE": str(base / "nothing" / "here"), "OUT": str(base / "out"), "NEWDIR": str(base / "newdir"),
-         "RUN": tiny_flip_run, "RUNCOPY": str(base / "runcopy"), "LOCKED": str(base / "locked")}
+         "RUN": str(base / "run"), "RUNCOPY": str(base / "runcopy"), "LOCKED": str(base / "locked")}
     with open(p["FILE"], "w") as f:
         f.write("the user's file\n")
     os.makedirs(p["DIR"])
     os.makedirs(p["OUT"])
+    # Copies of the session's trained run: a mistake that slipped through must not change the run other tests share.
+    shutil.copytree(tiny_flip_run, p["RUN"])
     shutil.copytree(tiny_flip_run, p["RUNCOPY"])
     configs = {"CFG_SYNTAX": "def get_config(:\n    pass\n", "CFG_NOGET": "X = 1\n",
                "CFG_NONE": "def get_config():\n    return None\n", "CFG_RAISES": "def get_config():\n    return 1 / 0\n"}

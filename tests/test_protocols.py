@@ -270,8 +270,12 @@ def test_eval_settings_read_every_field_of_the_config(rerank):
     from msml_jax.config import validate_config
     from tests.conftest import make_tiny_config
 
+    from msml_jax.config import all_fields
+
+    changed = dict(flip=True, metric="cosine", pooling="max", rerank=rerank, k1=7, k2=3, lambda_value=0.45)
+    assert {f"eval.{name}" for name in changed} == {f for f in all_fields() if f.startswith("eval.")}
     config = make_tiny_config()
-    config.eval.update(flip=True, metric="cosine", pooling="max", rerank=rerank, k1=7, k2=3, lambda_value=0.45)
+    config.eval.update(**changed)
     config.normalize, config.eval_batch_size = False, 10
     validate_config(config)  # the field names above are the schema's
     settings = EvalSettings.from_config(config, num_devices=4)
