@@ -4,8 +4,8 @@ reader never sees half a file. Only the standard library."""
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 
 from msml_jax.errors import UserError
 
@@ -42,12 +42,19 @@ def check_folder(path, flag):
         raise UserError(f"{flag}={path} is not writable: choose another folder")
 
 
+def _temporary_beside(path):
+    """A new name beside `path` (hidden, ending in .tmp): created there with open(..., "x") or os.mkdir, so that it
+    gets the permissions of the user's umask (tempfile's mkstemp / mkdtemp make them private to the owner, and the
+    rename would carry that onto the output)."""
+    path = os.path.abspath(path)
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 @contextlib.contextmanager
 def atomic_file(path):
     """Yields a temporary path beside `path`; renamed to `path` when the block ends without error, removed else."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    tmp = _temporary_beside(path)
+    open(tmp, "x").close()
     try:
         yield tmp
         os.replace(tmp, path)
@@ -63,8 +70,8 @@ def atomic_folder(path):
     if os.path.isdir(path):
         yield path
         return
-    parent = os.path.dirname(os.path.abspath(path))
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(path))}.", suffix=".tmp", dir=parent)
+    tmp = _temporary_beside(path)
+    os.mkdir(tmp)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -2,12 +2,14 @@
 
 One JSON object per line (`json.dumps` defaults: insertion order, repr floats), written by process 0 alone: a
 train record per log step, an evaluation record (it has a `dataset`) per evaluated dataset. Only the standard
-library is imported.
+library (and errors / outputs) is imported.
 """
 
 import json
 import os
-import sys
+
+from msml_jax.errors import warn
+from msml_jax.outputs import atomic_file
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -71,7 +73,6 @@ def rewind(workdir, step, final_step):
 
     records, bad = read(path)
     for number, _ in bad:
-        print(f"warning: {path} line {number} is not valid JSON (a write cut short?): skipped", file=sys.stderr)
-    with open(path + ".tmp", "w") as f:
+        warn(f"{path} line {number} is not valid JSON (a write cut short?): skipped")
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records if keep(r))
-    os.replace(path + ".tmp", path)

@@ -150,3 +150,21 @@ def test_the_best_checkpoint_survives_a_kill_between_an_evaluation_and_its_save(
     assert checkpoint.best_checkpoint_manager(workdir).all_steps() == [4]
     assert not os.path.exists(os.path.join(workdir, lock.LOCK_FILE))
     np.testing.assert_equal(sorted(evaluated), [2, 4, 6])
+
+
+def test_outputs_written_atomically_get_the_users_permissions(tmp_path):
+    # The temporary name is renamed onto the output: it must be made as any new file is (umask), not private.
+    from msml_jax import outputs
+
+    umask = os.umask(0o022)
+    try:
+        with outputs.atomic_file(str(tmp_path / "features.npz")) as tmp:
+            with open(tmp, "w") as f:
+                f.write("x")
+        with outputs.atomic_folder(str(tmp_path / "pictures")) as folder:
+            open(os.path.join(folder, "a.png"), "w").close()
+    finally:
+        os.umask(umask)
+    assert os.stat(tmp_path / "features.npz").st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / "pictures").st_mode & 0o777 == 0o755
+    assert sorted(os.listdir(tmp_path)) == ["features.npz", "pictures"]  # no temporary left
