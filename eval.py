@@ -11,7 +11,6 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from msml_jax import cli
-from msml_jax.distances import RANKING_METRICS
 from msml_jax.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Optional: a config to evaluate with instead of the checkpoint's.")
@@ -20,7 +19,8 @@ flags.DEFINE_list("dataset", None, "Datasets to evaluate (default: the run's con
 flags.DEFINE_string("protocol", None, "Protocol for the datasets that have it (e.g. classic for cuhk03; official for mars "
                     "and market1501: their MATLAB evaluations).")
 flags.DEFINE_boolean("flip", None, "Flip test: average each image's embedding with its mirror's.")
-flags.DEFINE_enum("metric", None, RANKING_METRICS, "Distance to rank with.")
+flags.DEFINE_string("metric", None, "Distance to rank with, e.g. cosine: one of msml_jax.distances.RANKING_METRICS "
+                    "(default: the run's config.eval.metric); checked with the config, so the flags load no JAX.")
 flags.DEFINE_boolean("rerank", None, "k-reciprocal re-ranking (Zhong et al. 2017) of the query x gallery distances.")
 flags.DEFINE_integer("rerank_k1", None, "Re-ranking k1 (default config.eval.k1 = 20), at most the gallery size.")
 flags.DEFINE_integer("rerank_k2", None, "Re-ranking k2, local query expansion (default 6; 1: none), at most k1.")

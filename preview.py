@@ -9,14 +9,15 @@ from ml_collections import config_flags
 
 from msml_jax import cli, outputs
 from msml_jax.config import validate_config
-from msml_jax.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Config file (a get_config() module).")
 flags.DEFINE_string("out", None, "Path of the PNG to write.")
-flags.DEFINE_integer("step", 0, "Global training step whose batch is shown.")
-flags.DEFINE_integer("num_images", 16, "How many images of the batch (from its start).")
-flags.DEFINE_integer("per_row", 8, "Images per row of the grid.")
-flags.DEFINE_integer("scale", 2, "Integer upscaling of every pixel (nearest neighbour).")
+flags.DEFINE_integer("step", 0, "Global training step whose batch is shown.", lower_bound=0, upper_bound=10**9)
+flags.DEFINE_integer("num_images", 16, "How many images of the batch (from its start).", lower_bound=1,
+                     upper_bound=4096)
+flags.DEFINE_integer("per_row", 8, "Images per row of the grid.", lower_bound=1, upper_bound=4096)
+flags.DEFINE_integer("scale", 2, "Integer upscaling of every pixel (nearest neighbour).", lower_bound=1,
+                     upper_bound=32)
 flags.mark_flags_as_required(["config", "out"])
 
 
@@ -24,10 +25,6 @@ def main(argv):
     """Runs behind the gate (msml_jax.cli): flags parsed, the config file and overrides checked."""
     FLAGS = flags.FLAGS
     validate_config(FLAGS.config)
-    for name, low, high in (("step", 0, 10**9), ("num_images", 1, 4096), ("per_row", 1, 4096), ("scale", 1, 32)):
-        if not low <= FLAGS[name].value <= high:
-            raise UserError(f"--{name}={FLAGS[name].value} must be in [{low}, {high}], e.g. --{name}="
-                            f"{FLAGS[name].default}")
     out = FLAGS.out
     outputs.check_file(out, "--out", ".png")
     import tensorflow as tf
