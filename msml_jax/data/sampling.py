@@ -31,8 +31,8 @@ class PKSampler:
                 f"({len(self.identities)}): set config.P to at most {len(self.identities)}"
             )
         order = np.argsort(inverse, kind="stable")
-        counts = np.bincount(inverse, minlength=len(self.identities))
-        self.images_of = np.split(order, np.cumsum(counts)[:-1])  # image indices of each identity (in `identities` order)
+        self.counts = np.bincount(inverse, minlength=len(self.identities))  # images of each identity
+        self.images_of = np.split(order, np.cumsum(self.counts)[:-1])  # their indices (in `identities` order)
         self.steps_per_epoch = len(self.identities) // self.P
 
     @functools.lru_cache(maxsize=2)

@@ -173,7 +173,7 @@ def _warn_if_likely_wrong(trainer):
     if late:
         warn(f"config.lr_boundaries={tuple(config.lr_boundaries)} has {late} at or past config.num_train_steps="
              f"{config.num_train_steps}: the learning rate never decays there; scale the boundaries with the run")
-    counts = np.array([len(images) for images in trainer.sampler.images_of])
+    counts = trainer.sampler.counts
     few = int(np.sum(counts < config.K))
     if few:
         warn(f"{few} of {len(counts)} training identities have fewer than config.K={config.K} images (the fewest: "

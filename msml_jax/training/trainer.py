@@ -95,10 +95,14 @@ class Trainer:
     train: dict
     eval_sets: dict
     sampler: PKSampler
-    per_epoch: int
     state: Any
     train_step: Any  # fn(state, images, labels, guard) -> (state, metrics, guard): see jit_train_step(watch=True)
     evaluator: Evaluator
+
+    @property
+    def per_epoch(self):
+        """Steps per epoch: the PK sampler's."""
+        return self.sampler.steps_per_epoch
 
     def variables(self):
         """The model variables of the current state (what evaluation and export use)."""
@@ -114,5 +118,5 @@ def create_trainer(config, mesh=None, validated=False):
     sharding.check_batch_size(config.batch_size, mesh)
     state = init_state(model, config, mesh)
     evaluator = Evaluator(model.apply, eval_sets, EvalSettings.from_config(config, mesh.devices.size), mesh)
-    return Trainer(config, model, mesh, train, eval_sets, sampler, sampler.steps_per_epoch, state,
+    return Trainer(config, model, mesh, train, eval_sets, sampler, state,
                    jit_train_step(config, mesh, watch=True), evaluator)
