@@ -141,14 +141,6 @@ def train_step_rate(cores):
     return rates[-1]
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
-
-
 def tf_version():
     import tensorflow as tf
 
@@ -193,8 +185,10 @@ def main():
             source = f"{args.num_images} generated JPEGs of {args.source_size[0]}x{args.source_size[1]} (quality 90)"
         else:
             source = f"VIPeR BMPs (128x48) in {folder}"
-        print(f"input pipeline: {source}, PK {args.P}x{args.K}; {cpu_name()}, {os.cpu_count()} CPUs, load "
-              f"{os.getloadavg()[0]:.1f} (1-min average); TensorFlow {tf_version()}")
+        from msml_jax.reproduce import cpu_model
+
+        print(f"input pipeline: {source}, PK {args.P}x{args.K}; {cpu_model() or 'unknown CPU'}, {os.cpu_count()} CPUs, "
+              f"load {os.getloadavg()[0]:.1f} (1-min average); TensorFlow {tf_version()}")
         print("project = train_dataset with flip, shift 0.1, zoom 0.1, blur p=0.5; plain = decode, resize, flip, "
               "pad + crop")
         for size in sizes:
