@@ -64,7 +64,7 @@ import numpy as np
 
 from msml_jax.distances import EUCLIDEAN, RANKING_METRICS, SQEUCLIDEAN, inverse_norm, sq_euclidean_expansion
 from msml_jax.evaluation import search
-from msml_jax.evaluation.search import _dot_jit, _flat_nonzero_sparse, _TopK
+from msml_jax.evaluation.search import _dot, _flat_nonzero_sparse, _TopK
 
 __all__ = ["k_reciprocal_rerank", "k_reciprocal_rerank_blocks"]
 
@@ -417,7 +417,7 @@ class _Embeddings:
             mx = np.ones(xb.shape[0], np.float32)
             mx[: rows.stop - rows.start] = col_max[rows]
             # Two calls: XLA's CPU backend would fuse the sums into the matmul, ~2.5x slower.
-            term = _scaled_from_dot(_dot_jit(xb, gallery), xb, aux, mx, np.float32(lambda_value), self.metric)
+            term = _scaled_from_dot(_dot(xb, gallery), xb, aux, mx, np.float32(lambda_value), self.metric)
             yield rows, np.asarray(term)[: rows.stop - rows.start]
 
 

@@ -2,7 +2,7 @@
 
 Nothing here holds the whole ``[Q, G]`` distance matrix: distances are made on
 the default JAX device, a block of ``[b, G]`` or a tile of ``[b, G']`` at a
-time (about ``max_block_bytes``, 128 MiB by default), by one jitted program per
+time (about ``max_block_bytes``: 30 MiB blocks, 4 MiB tiles by default), by one jitted program per
 shape, and consumed before the next one is made.
 
 * ``distance_blocks``: the ``(query slice, [b, G] float32 numpy)`` blocks.
@@ -44,10 +44,18 @@ from msml_jax.distances import (COSINE, EUCLIDEAN, METRICS, SQEUCLIDEAN, check_m
 __all__ = ["METRICS", "distance_blocks", "top_k", "evaluate_ranking_blocks",
            "evaluate_ranking_blocked", "block_rows_for", "tile_shape"]
 
-# Default size of one [b, G] float32 distance block: large enough that the
-# per-block costs (launch, evaluate_ranking's O(G) bookkeeping) are amortized,
-# small enough to keep a 10^6 gallery evaluation within a few hundred MiB.
-_DEFAULT_BLOCK_BYTES = 128 << 20
+# Default size of one [b, G] float32 distance block of whole rows (distance_blocks): large enough that the
+# per-block costs (launch, evaluate_ranking's O(G) bookkeeping) are amortized, and under glibc malloc's
+# largest mmap threshold (32 MiB on 64-bit), above which every buffer is a fresh mmap whose pages the kernel
+# faults in and zeroes as they are first written.
+_DEFAULT_BLOCK_BYTES = 30 << 20
+
+# Default size of one [b, G'] float32 tile of top_k and evaluate_ranking_blocked.  Small: a tile costs a
+# dispatch and ~20 NumPy calls, but two tiles in flight (and the host's work on one) stay far under glibc's
+# trim threshold, so their buffers are reused from the heap instead of faulted in anew.  On 2 cores, XLA's
+# CPU matmul makes ~400-470 GFLOP/s into a reused buffer and ~235 into fresh pages; 128 MiB tiles spent a
+# third of a 10^6 gallery evaluation's CPU time in page faults, 30 MiB ones 0-20%, varying from run to run.
+_DEFAULT_TILE_BYTES = 4 << 20
 
 # Gallery rows per tile of top_k: a multiple of this.  How XLA's CPU matmul rounds a product (~1 ulp) depends
 # on the block's shape (its kernel and blocking): with such widths the 10^6 benchmark gallery gets bitwise the
@@ -132,14 +140,22 @@ def block_distance(query: jax.Array, gallery: jax.Array, aux: jax.Array, metric:
     return jnp.abs(dist)
 
 
-@jax.jit
-def _dot_jit(xb, x):
-    return jnp.matmul(xb, x.T, precision=jax.lax.Precision.HIGHEST)
+@functools.partial(jax.jit, static_argnames=("metric", "width"))
+def _tile_dot(query: jax.Array, gallery: jax.Array, g0, metric: str, width: int) -> jax.Array:
+    """The product ``block_distance`` starts from, with gallery rows ``[g0, g0 + width)``, as its own program
+    (not fused with the arithmetic; the rows read in place: one dispatch per tile)."""
+    rows = jax.lax.dynamic_slice_in_dim(gallery, g0, width)
+    return jnp.matmul(l2_normalize(query) if metric == COSINE else query, rows.T, precision=jax.lax.Precision.HIGHEST)
 
 
 def _block_dot(query: jax.Array, gallery: jax.Array, metric: str) -> jax.Array:
-    """The product ``block_distance`` starts from, as its own program (not fused with the arithmetic)."""
-    return _dot_jit(l2_normalize(query) if metric == COSINE else query, gallery)
+    """``_tile_dot`` with the whole gallery."""
+    return _tile_dot(query, gallery, 0, metric, gallery.shape[0])
+
+
+def _dot(x: jax.Array, y: jax.Array) -> jax.Array:
+    """``x @ y.T`` as its own program."""
+    return _block_dot(x, y, SQEUCLIDEAN)
 
 
 @functools.partial(jax.jit, static_argnames=("metric",), donate_argnums=(0,))
@@ -147,11 +163,17 @@ def _distance_from_dot(dot, query, aux, metric):
     return block_distance(query, None, aux, metric, dot=dot)
 
 
+def _presqrt(dot, query, aux, g0, metric):
+    """``block_distance`` from a tile's ``dot`` (gallery rows from ``g0``; ``aux`` of the whole gallery), but for
+    euclidean the squared distance (the square root is the costly part of XLA's CPU arithmetic)."""
+    aux = jax.lax.dynamic_slice_in_dim(aux, g0, dot.shape[1])
+    return block_distance(query, None, aux, SQEUCLIDEAN if metric == EUCLIDEAN else metric, dot=dot)
+
+
 @functools.partial(jax.jit, static_argnames=("metric",), donate_argnums=(0,))
-def _presqrt_and_code(dot, query, aux, limit, metric):
-    """``block_distance`` from ``dot``, but for euclidean the squared distance (the square root is the
-    costly part of XLA's CPU arithmetic), and an int8 mask of the entries ``<= limit`` of their row."""
-    pre = block_distance(query, None, aux, SQEUCLIDEAN if metric == EUCLIDEAN else metric, dot=dot)
+def _presqrt_and_code(dot, query, aux, g0, limit, metric):
+    """``_presqrt``'s values and an int8 mask of the entries ``<= limit`` of their row."""
+    pre = _presqrt(dot, query, aux, g0, metric)
     return pre, (pre <= limit[:, None]).astype(jnp.int8)
 
 
@@ -309,7 +331,7 @@ def _distance_block_iter(query, gallery, metric, block_rows):
 
 
 def top_k(query_emb, gallery_emb, k: int, metric: str = EUCLIDEAN, *, block_rows: int | None = None,
-          max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> Tuple[np.ndarray, np.ndarray]:
+          max_block_bytes: int = _DEFAULT_TILE_BYTES) -> Tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest gallery items of every query.
 
     Returns:
@@ -331,7 +353,7 @@ def top_k(query_emb, gallery_emb, k: int, metric: str = EUCLIDEAN, *, block_rows
 
 
 def tile_shape(num_q: int, num_g: int, block_rows: int | None = None,
-               max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> Tuple[int, int]:
+               max_block_bytes: int = _DEFAULT_TILE_BYTES) -> Tuple[int, int]:
     """``(b, G')``: the tiles of ``top_k`` and ``evaluate_ranking_blocked``, ``[b, G']`` float32 of about
     ``max_block_bytes``; ``b`` = ``block_rows``, by default every query up to ``_TOP_K_TILE_QUERIES``, and
     ``G'`` a multiple of ``_TILE_ALIGN`` unless the whole gallery fits."""
@@ -372,7 +394,7 @@ def _search_tiles(query, gallery, metric, block_rows, gallery_rows, best: _TopK)
         bound = np.full(block_rows, np.inf, np.float32)
         bound[: rows.stop - rows.start] = best.bound(rows.start, rows.stop)
         limit = _presqrt_limit(bound, metric)
-        return _presqrt_and_code(_block_dot(blk, gallery[g0:g1], metric), blk, aux[g0:g1], limit, metric)
+        return _presqrt_and_code(_tile_dot(blk, gallery, g0, metric, g1 - g0), blk, aux, g0, limit, metric)
 
     pending = submit(0)
     for t, (rows, _, g0, g1) in enumerate(tiles):
@@ -487,7 +509,7 @@ def evaluate_ranking_blocks(blocks: Iterable[Tuple[slice, np.ndarray]], q_pids, 
 def evaluate_ranking_blocked(query_emb, gallery_emb, q_pids, g_pids, q_camids, g_camids,
                              metric: str = EUCLIDEAN, max_rank: int = 50, ap_mode: str = MEAN_PRECISION,
                              *, block_rows: int | None = None,
-                             max_block_bytes: int = _DEFAULT_BLOCK_BYTES) -> dict:
+                             max_block_bytes: int = _DEFAULT_TILE_BYTES) -> dict:
     """CMC / mAP / mINP of ranking the gallery by ``metric``, never holding ``[Q, G]``.
 
     The result is that of ``evaluate_ranking(pairwise_distance(q, g, metric), ...)`` (same keys; the cmc
@@ -542,14 +564,15 @@ class _TooManyKept(Exception):
 
 
 @functools.partial(jax.jit, static_argnames=("metric",), donate_argnums=(0,))
-def _presqrt_and_bitmask(dot, query, aux, hi_bits, metric):
-    """``_presqrt_and_code``'s values, and a bitmask of the entries whose float32 bit pattern is at most their
-    row's ``hi_bits`` (non-negative floats order as their bit patterns).
+def _presqrt_and_bitmask(dot, query, aux, g0, hi_bits, r0, metric):
+    """``_presqrt``'s values, and a bitmask of the entries whose float32 bit pattern is at most their row's
+    ``hi_bits`` (rows from ``r0`` of it; non-negative floats order as their bit patterns).
 
     The bitmask is uint8 ``[b, ceil(G' / 8)]``: entry ``8 i + k`` of the row in bit ``k`` of its byte ``i``
     (8x less for the host to scan than a byte per entry).
     """
-    pre = block_distance(query, None, aux, SQEUCLIDEAN if metric == EUCLIDEAN else metric, dot=dot)
+    pre = _presqrt(dot, query, aux, g0, metric)
+    hi_bits = jax.lax.dynamic_slice_in_dim(hi_bits, r0, dot.shape[0])
     mask = jax.lax.bitcast_convert_type(pre, jnp.int32) <= hi_bits[:, None]
     mask = jnp.pad(mask, ((0, 0), (0, -pre.shape[1] % 8))).reshape(pre.shape[0], -1, 8)
     return pre, jnp.sum(mask.astype(jnp.uint8) << jnp.arange(8, dtype=jnp.uint8), axis=2, dtype=jnp.uint8)
@@ -656,7 +679,7 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
     """
     num_q, num_g = query.shape[0], gallery.shape[0]
     tiles = _tiles(query, block_rows, gallery_rows, num_g)
-    products = [_block_dot(blk, gallery[g0:g1], metric) for _, blk, g0, g1 in tiles[:2]]  # need no bands
+    products = [_tile_dot(blk, gallery, g0, metric, g1 - g0) for _, blk, g0, g1 in tiles[:2]]  # need no bands
     p_q, p_g, n_same = same_pid_pairs(q_pids, g_pids)
     p_junk = g_camids[p_g] == q_camids[p_q]
     a_bits, b_bits = _pair_bands(query, gallery, p_q, p_g, metric)
@@ -681,10 +704,11 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
 
     def submit(t):
         rows, blk, g0, g1 = tiles[t]
-        dot = products.pop(0) if products else _block_dot(blk, gallery[g0:g1], metric)
-        return _presqrt_and_bitmask(dot, blk, aux[g0:g1], hi_d[rows.start:rows.start + block_rows], metric)
+        dot = products.pop(0) if products else _tile_dot(blk, gallery, g0, metric, g1 - g0)
+        return _presqrt_and_bitmask(dot, blk, aux, g0, hi_d, rows.start, metric)
 
     counts = np.zeros(num_q * _NUM_CODES, np.int64)
+    keys, num_keys = [], 0  # counted a few tiles at a time: a bincount costs its minlength (Q * 256)
     kept_rows, kept_cols, kept_vals, kept_codes = [], [], [], []
     kept = 0
     pending = submit(0)
@@ -705,7 +729,11 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
         r += rows.start
         code = 2 + (np.maximum(val.view(np.int32) - lo[r], -1) >> shift[r])  # cells.code, knowing val <= hi
         key = r * _NUM_CODES + code
-        counts += np.bincount(key, minlength=counts.size)
+        keys.append(key)
+        num_keys += key.size
+        if num_keys >= counts.size or t + 1 == len(tiles):
+            counts += np.bincount(np.concatenate(keys), minlength=counts.size)
+            keys, num_keys = [], 0
         sel = np.flatnonzero(uncertain[key])
         kept += sel.size
         if kept * _KEPT_ENTRY_BYTES > _EVAL_KEPT_BYTES:
