@@ -101,9 +101,11 @@ def get_model(
 
 
 def init_variables(model, image_shape, key):
-    """Random initial variables ({"params", "batch_stats"}) for images of `image_shape` (h, w)."""
+    """Random initial variables ({"params", "batch_stats"}) for images of `image_shape` (h, w); "batch_stats" is
+    empty for a model without BatchNorm."""
     images = jnp.zeros((2, *image_shape, 3), jnp.uint8)
-    return jax.jit(functools.partial(model.init, train=False))(key, images)
+    variables = jax.jit(functools.partial(model.init, train=False))(key, images)
+    return {"batch_stats": {}, **variables}
 
 
 def model_from_config(config, num_classes):

@@ -114,7 +114,7 @@ def train_step(state, images, labels, *, settings):
         return settings.cls_weight * cls + metric, (outputs, updates, cls, metric)
 
     (loss, (outputs, updates, cls, metric)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))  # {}: no BatchNorm
 
     embeddings = jax.lax.stop_gradient(outputs["embeddings"])
     if settings.normalize:
