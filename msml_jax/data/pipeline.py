@@ -204,7 +204,9 @@ def _options():
     demo run (`python train.py --config configs/synthetic.py ...`) then sat 35 s after its final table, in 4 of 5
     runs under a heap setting that made it likelier, 1 of 4 without. The map's parallelism stays every thread
     of the pool (AUTOTUNE without autotuning: TF's default, the pool's size) and its rate the same: 18,800-20,000
-    images/s at 64x32 on 2 cores either way, 20 times what the demo's train step takes.
+    images/s at 64x32 on 2 cores either way, 20 times what the demo's train step takes. The cost: on 2 cores
+    shared with XLA the demo trains at 1,005-1,009 images/s against 1,040-1,052 with autotuning (whose one of two
+    runs then waited 35 s at its end).
     """
     options = tf.data.Options()
     options.autotune.enabled = False
