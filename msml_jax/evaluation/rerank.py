@@ -64,7 +64,7 @@ import numpy as np
 
 from msml_jax.distances import EUCLIDEAN, RANKING_METRICS, SQEUCLIDEAN, inverse_norm, sq_euclidean_expansion
 from msml_jax.evaluation import search
-from msml_jax.evaluation.search import _dot, _flat_nonzero_sparse, _TopK
+from msml_jax.evaluation.search import _flat_nonzero_sparse, _tile_dot, _TopK
 
 __all__ = ["k_reciprocal_rerank", "k_reciprocal_rerank_blocks"]
 
@@ -420,7 +420,8 @@ class _Embeddings:
             mx = np.ones(xb.shape[0], np.float32)
             mx[: rows.stop - rows.start] = col_max[rows]
             # Two calls: XLA's CPU backend would fuse the sums into the matmul, ~2.5x slower.
-            term = _scaled_from_dot(_dot(xb, gallery), xb, aux, mx, np.float32(lambda_value), self.metric)
+            dot = _tile_dot(xb, gallery, 0, gallery.shape[0])
+            term = _scaled_from_dot(dot, xb, aux, mx, np.float32(lambda_value), self.metric)
             yield rows, np.asarray(term)[: rows.stop - rows.start]
 
 

@@ -140,22 +140,17 @@ def block_distance(query: jax.Array, gallery: jax.Array, aux: jax.Array, metric:
     return jnp.abs(dist)
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "width"))
-def _tile_dot(query: jax.Array, gallery: jax.Array, g0, metric: str, width: int) -> jax.Array:
-    """The product ``block_distance`` starts from, with gallery rows ``[g0, g0 + width)``, as its own program
-    (not fused with the arithmetic; the rows read in place: one dispatch per tile)."""
+@functools.partial(jax.jit, static_argnames=("width", "normalize"))
+def _tile_dot(query: jax.Array, gallery: jax.Array, g0, width: int, normalize: bool = False) -> jax.Array:
+    """``query @ gallery[g0:g0 + width].T`` (``query`` L2-normalized first if ``normalize``: the cosine metric's
+    product) as its own program: not fused with the arithmetic, the rows read in place (one dispatch per tile)."""
     rows = jax.lax.dynamic_slice_in_dim(gallery, g0, width)
-    return jnp.matmul(l2_normalize(query) if metric == COSINE else query, rows.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.matmul(l2_normalize(query) if normalize else query, rows.T, precision=jax.lax.Precision.HIGHEST)
 
 
 def _block_dot(query: jax.Array, gallery: jax.Array, metric: str) -> jax.Array:
-    """``_tile_dot`` with the whole gallery."""
-    return _tile_dot(query, gallery, 0, metric, gallery.shape[0])
-
-
-def _dot(x: jax.Array, y: jax.Array) -> jax.Array:
-    """``x @ y.T`` as its own program."""
-    return _block_dot(x, y, SQEUCLIDEAN)
+    """The product ``block_distance`` starts from, with the whole gallery."""
+    return _tile_dot(query, gallery, 0, gallery.shape[0], metric == COSINE)
 
 
 @functools.partial(jax.jit, static_argnames=("metric",), donate_argnums=(0,))
@@ -394,7 +389,7 @@ def _search_tiles(query, gallery, metric, block_rows, gallery_rows, best: _TopK)
         bound = np.full(block_rows, np.inf, np.float32)
         bound[: rows.stop - rows.start] = best.bound(rows.start, rows.stop)
         limit = _presqrt_limit(bound, metric)
-        return _presqrt_and_code(_tile_dot(blk, gallery, g0, metric, g1 - g0), blk, aux, g0, limit, metric)
+        return _presqrt_and_code(_tile_dot(blk, gallery, g0, g1 - g0, metric == COSINE), blk, aux, g0, limit, metric)
 
     pending = submit(0)
     for t, (rows, _, g0, g1) in enumerate(tiles):
@@ -679,7 +674,8 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
     """
     num_q, num_g = query.shape[0], gallery.shape[0]
     tiles = _tiles(query, block_rows, gallery_rows, num_g)
-    products = [_tile_dot(blk, gallery, g0, metric, g1 - g0) for _, blk, g0, g1 in tiles[:2]]  # need no bands
+    # The first two products need no bands: made while the bands are.
+    products = [_tile_dot(blk, gallery, g0, g1 - g0, metric == COSINE) for _, blk, g0, g1 in tiles[:2]]
     p_q, p_g, n_same = same_pid_pairs(q_pids, g_pids)
     p_junk = g_camids[p_g] == q_camids[p_q]
     a_bits, b_bits = _pair_bands(query, gallery, p_q, p_g, metric)
@@ -704,7 +700,7 @@ def _rank_tiles(query, gallery, q_pids, g_pids, q_camids, g_camids, metric, max_
 
     def submit(t):
         rows, blk, g0, g1 = tiles[t]
-        dot = products.pop(0) if products else _tile_dot(blk, gallery, g0, metric, g1 - g0)
+        dot = products.pop(0) if products else _tile_dot(blk, gallery, g0, g1 - g0, metric == COSINE)
         return _presqrt_and_bitmask(dot, blk, aux, g0, hi_d, rows.start, metric)
 
     counts = np.zeros(num_q * _NUM_CODES, np.int64)
