@@ -4,6 +4,7 @@
     python benchmarks/input_pipeline.py --parts          # also the pipeline with its augmentations added one by one
     python benchmarks/input_pipeline.py --viper ../shared/data/VIPeR --image_sizes 128x48   # the real VIPeR BMPs
     python benchmarks/input_pipeline.py --train_step     # also the small model's CPU train step
+    python benchmarks/input_pipeline.py --device_blur    # also the train step's blur (augment_on_device), this CPU
 
 Two pipelines read the same encoded files (what a TFDS split hands the pipeline) and make batches of
 P*K = 64 images:
@@ -36,6 +37,7 @@ PARTS = {
     "+ shift 0.1": dict(flip=True, shift=0.1),
     "+ zoom 0.1": dict(flip=True, shift=0.1, zoom=0.1),
     "+ blur p=0.5 (paper)": PAPER,
+    "paper, blur on device": dict(PAPER, augment_on_device=True),  # the blur left to the train step
 }
 
 
@@ -141,6 +143,42 @@ def train_step_rate(cores):
     return rates[-1]
 
 
+def device_blur_cost(cores, size, batch):
+    """Runs in a child pinned to `cores` cores: the train step's blur (`device_augment.finish`, jitted, JAX's
+    default device) of a uint8 batch with half its images blurred (the paper's p = 0.5, stds in [0.1, 1]):
+    (wall, CPU) microseconds per image of the batch, best of 3 runs of 50 calls. On a CPU, JAX's intra-op
+    threads follow the pinning only roughly (XLA sizes its pool from the machine's cores)."""
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from msml_jax.data import device_augment
+
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (batch, *size, 3)).astype(np.uint8))
+    sigmas = np.where(rng.uniform(size=batch) < 0.5, rng.uniform(0.1, 1.0, batch), 0.0).astype(np.float32)
+    radius = device_augment.kernel_radius(1.0)
+    fn = jax.jit(lambda x, s: device_augment.finish(x, {"blur_sigma": s}, None, radius))
+    sigmas = jnp.asarray(sigmas)
+    fn(images, sigmas).block_until_ready()
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(3):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for _ in range(50):
+            out = fn(images, sigmas)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - start) / 50 / batch * 1e6)
+        best_cpu = min(best_cpu, (time.process_time() - start_cpu) / 50 / batch * 1e6)
+    return best, best_cpu
+
+
+def cpu_or_device():
+    import jax
+
+    return jax.devices()[0].device_kind
+
+
 def tf_version():
     import tensorflow as tf
 
@@ -169,12 +207,17 @@ def main():
     parser.add_argument("--cores", type=int, nargs="+", default=(1, 2))
     parser.add_argument("--parts", action="store_true", help="also the pipeline with each augmentation added")
     parser.add_argument("--train_step", action="store_true", help="also run the trainer for its images/s")
+    parser.add_argument("--device_blur", action="store_true",
+                        help="also the train step's blur (config.data.augment_on_device) on JAX's device, per image")
     parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [tuple(int(n) for n in s.split("x")) for s in args.image_sizes]
     if args._child:  # one measurement, in a fresh process so that the pinning and pool sizes hold
         cores, folder, which = int(args._child[0]), args._child[1], args._child[2]
-        print(json.dumps(measure(cores, folder, sizes[0], args.steps, args.P, args.K, which)))
+        if which == "device_blur":
+            print(json.dumps(device_blur_cost(cores, sizes[0], args.P * args.K)))
+        else:
+            print(json.dumps(measure(cores, folder, sizes[0], args.steps, args.P, args.K, which)))
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,6 +253,16 @@ def main():
                 for name in PARTS if args.parts else ():
                     wall, cpu = rates[name]
                     print(f"      project, {name:22s} {wall:5.0f} images/s, {cpu:5.0f} per CPU-second", flush=True)
+                if args.parts:
+                    # The blur's cost per blurred image (p = 0.5): the CPU time it adds to an image, over 0.5.
+                    zoom, blur = rates["+ zoom 0.1"][1], rates["+ blur p=0.5 (paper)"][1]
+                    print(f"      blur in the pipeline: {(1 / blur - 1 / zoom) / 0.5 * 1e6:5.1f} us of CPU per blurred "
+                          f"image", flush=True)
+                if args.device_blur:
+                    wall, cpu = run_child(cores, folder, size, args, "device_blur")
+                    # Every image of the batch is convolved (std 0 is the identity kernel): the cost is per image.
+                    print(f"      blur in the train step (JAX, {cpu_or_device()}): {wall:5.1f} us per image of the "
+                          f"batch ({cpu:5.1f} us of CPU)", flush=True)
         print(f"load after: {os.getloadavg()[0]:.1f}")
 
 

@@ -25,6 +25,7 @@ def get_config():
     config.data.blur_prob = 0.0  # probability of a Gaussian blur per image
     config.data.blur_sigma = 1.0  # largest blur std in pixels
     config.data.erase_prob = 0.0  # random erasing (Zhong et al.), an option beyond the paper
+    config.data.augment_on_device = False  # True: blur and erasing run in the train step, on the accelerator
     # Real datasets (TFDS builders in msml_jax/data/builders): set name, or train = a tuple trained on together.
     config.data.train = ()  # () = (config.data.name,); e.g. ("market1501", "viper")
     config.data.eval = ()  # datasets evaluated, each in its own protocol; () = those trained on

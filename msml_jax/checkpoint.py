@@ -239,14 +239,26 @@ def config_differences(saved, config):
     Returns:
       list of (field, saved value, current value); a field absent on one side shows as "<absent>".
     """
+    from msml_jax.config import all_fields
+
     # JSON round trip: tuples and lists compare equal, as they are after saving.
     saved = _flatten(json.loads(json.dumps(saved)))
     current = _flatten(json.loads(json.dumps(config.to_dict())))
     absent = "<absent>"
+    fields = all_fields()
+
+    def meaning(values, field):
+        """The value a field has: an optional field absent means its default (a field added to the config
+        files after a run was saved is no change to it)."""
+        if field in values:
+            return values[field]
+        known = fields.get(field)
+        return absent if known is None or known.required else json.loads(json.dumps(known.default))
+
     return [
         (field, saved.get(field, absent), current.get(field, absent))
         for field in sorted(set(saved) | set(current))
-        if saved.get(field, absent) != current.get(field, absent)
+        if meaning(saved, field) != meaning(current, field)
     ]
 
 

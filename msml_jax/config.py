@@ -210,6 +210,7 @@ FIELDS = {
     "data.erase_prob": Field(PROB, 0.0),
     "data.erase_area": Field(Pair(Float(0.0, 1.0, low_open=True), ordered=True, what="a range"), (0.02, 0.4)),
     "data.erase_aspect": Field(Float(0.0, 1.0, low_open=True), 0.3),
+    "data.augment_on_device": Field(Bool(), False),
     "data.train": Field(Names(), ()),
     "data.eval": Field(Names(), ()),
     "data.data_dir": Field(Str(), "~/tensorflow_datasets"),

@@ -122,7 +122,8 @@ def replicate(tree, mesh):
 
 
 def prefetch(batches, batch_size, mesh, size=2, keys=("images", "labels")):
-    """Yields `batches` (dicts of this process's numpy rows) with `keys` already on the mesh, `size` ahead.
+    """Yields `batches` (dicts of this process's numpy rows) with `keys` (those present) already on the mesh,
+    `size` ahead.
 
     The next batch's host-to-device copy is issued before the current step runs (double buffering with
     size=2), so the devices never wait for a transfer; other keys (e.g. `step`) pass through as they are.
@@ -132,7 +133,7 @@ def prefetch(batches, batch_size, mesh, size=2, keys=("images", "labels")):
     queue = collections.deque()
 
     def put(batch):
-        return {**batch, **global_batch({k: batch[k] for k in keys}, batch_size, mesh)}
+        return {**batch, **global_batch({k: batch[k] for k in keys if k in batch}, batch_size, mesh)}
 
     for batch in batches:
         queue.append(put(batch))

@@ -348,8 +348,8 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
 
     real_step = train_steps.train_step
 
-    def poisoned(state, images, labels, *, settings):  # the bad step's update turns every parameter into NaN
-        state, metrics = real_step(state, images, labels, settings=settings)
+    def poisoned(state, images, labels, augment=None, *, settings):  # the bad step's update makes every parameter NaN
+        state, metrics = real_step(state, images, labels, augment, settings=settings)
         bad = state.step == bad_step
         params = __import__("jax").tree_util.tree_map(lambda p: jnp.where(bad, jnp.nan, p), state.params)
         metrics["loss"] = jnp.where(bad, jnp.nan, metrics["loss"])

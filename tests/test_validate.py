@@ -65,7 +65,7 @@ RULES = {
     "label_smoothing": "fraction below 1", "data.shift": "fraction below 1", "data.zoom": "fraction below 1",
     "model.dropout": "fraction below 1",
     "soft_margin": "bool", "normalize": "bool", "allow_config_change": "bool", "data.flip": "bool",
-    "data.skip_corrupt": "bool", "model.keras_style": "bool", "model.bnneck": "bool", "eval.flip": "bool",
+    "data.skip_corrupt": "bool", "data.augment_on_device": "bool", "model.keras_style": "bool", "model.bnneck": "bool", "eval.flip": "bool",
     "eval.rerank": "bool",
     "data.data_dir": "string", "data.manual_dir": "string", "model.pretrained": "string", "data.protocol": "string",
     "data.image_size": "image size", "data.synthetic.image_size": "image size",

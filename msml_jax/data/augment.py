@@ -25,6 +25,8 @@ import typing
 
 import tensorflow as tf
 
+from msml_jax.data import device_augment
+
 
 class Rows(typing.NamedTuple):
     """Rows [start, stop) of a global batch of `total` images: the part one process loads and augments."""
@@ -57,6 +59,8 @@ class Augmentation:
       erase_prob: probability of random erasing per image (0 = off).
       erase_area: (min, max) erased fraction of the image area.
       erase_aspect: smallest aspect ratio h / w of the erased rectangle (largest is its inverse).
+      augment_on_device: the blur and the erasing are left to the train step (`device_augment`): `apply`
+        skips them, and `Plan.sigma` / `Plan.erase_box` carry their draws to the batch.
     """
 
     flip: bool = True
@@ -67,6 +71,7 @@ class Augmentation:
     erase_prob: float = 0.0
     erase_area: tuple = (0.02, 0.4)
     erase_aspect: float = 0.3
+    augment_on_device: bool = False
 
     @classmethod
     def from_config(cls, data_config):
@@ -143,13 +148,9 @@ def blur_radius(augmentation, source_size, size):
     and boxes are at most source / (1 - zoom) + 1 pixels: the radius does not depend on the draws.
     """
     if not blurs_source(source_size, size):
-        return _radius(augmentation.blur_sigma)
+        return device_augment.kernel_radius(augmentation.blur_sigma)
     largest = max((n / (1.0 - augmentation.zoom) + 1) / m for n, m in zip(source_size, size))
-    return _radius(augmentation.blur_sigma * largest)
-
-
-def _radius(max_sigma):
-    return max(1, math.ceil(2 * max_sigma))
+    return device_augment.kernel_radius(augmentation.blur_sigma * largest)
 
 
 def gaussian_kernels(sigmas, radius):
@@ -203,6 +204,7 @@ class Plan(typing.NamedTuple):
     extent: tf.Tensor  # int32 [b, 3]: ... and (height, width, -1)
     paddings: tf.Tensor  # int32 [b, 3, 2]: the black rows / columns that make it the whole box
     flip: tf.Tensor  # int32 [b]: 1 = mirror left-right
+    sigma: tf.Tensor  # float32 [b]: blur std in output pixels, 0 = no blur
     blur: tf.Tensor  # bool [b]
     kernel_y: tf.Tensor  # float32 [b, 2r + 1]: Gaussian along height, in pixels of the image blurred (`blurs_source`)
     kernel_x: tf.Tensor  # float32 [b, 2r + 1]: along width
@@ -228,12 +230,12 @@ def plan(seed, augmentation, rows, source_size, size):
     paddings = tf.stack([inside_begin - box[:, :2], box[:, :2] + box[:, 2:] - inside_end], axis=2)  # [b, 2, 2]
     paddings = tf.concat([paddings, tf.zeros([b, 1, 2], tf.int32)], axis=1)
     # A blur of std s output pixels is one of s * (box size / output size) source pixels.
-    radius = blur_radius(a, source_size, size) if a.blurs else 0
+    radius = blur_radius(a, source_size, size) if a.blurs and not a.augment_on_device else 0
     sigmas = tf.stack([d.sigma, d.sigma], axis=1)
     if blurs_source(source_size, size):
         sigmas *= tf.cast(box[:, 2:], tf.float32) / tf.constant(size, tf.float32)
     erase_box, erase = _erase_boxes(_seeds(seed)[1], a, rows, size)
-    return Plan(tf.range(rows.start, rows.stop), begin, extent, paddings, tf.cast(d.flip, tf.int32),
+    return Plan(tf.range(rows.start, rows.stop), begin, extent, paddings, tf.cast(d.flip, tf.int32), d.sigma,
                 d.sigma > 0, *tf.unstack(gaussian_kernels(sigmas, radius), axis=1), erase, erase_box)
 
 
@@ -280,19 +282,21 @@ def apply(image, p, size, augmentation, seed):
       seed: the batch seed (int [2]): the erasing noise of global row i is drawn from
         fold_in(fold_in(erase seed, 1), i).
     The shift + zoom box, mirrored, then one bilinear resize to `size`; the blur runs before the resize when
-    the source is the smaller (its sigma scaled to source pixels), after it otherwise.
+    the source is the smaller (its sigma scaled to source pixels), after it otherwise. With
+    `augment_on_device` neither the blur nor the erasing runs here (see `device_augment`).
     """
     a = augmentation
     crop = tf.pad(tf.slice(image, p.begin, p.extent), p.paddings)
     crop = tf.reverse(crop, tf.range(1, 1 + p.flip))  # axis [1] or []: cheaper than a cond
     crop = tf.cast(crop, tf.float32)  # resize reads float32 faster than uint8
+    blurs = a.blurs and not a.augment_on_device
     on_source = blurs_source(image.shape[:2], size)
-    if a.blurs and on_source:
+    if blurs and on_source:
         crop = _maybe_blur(crop, p)
     out = tf.raw_ops.ResizeBilinear(images=crop[None], size=size, half_pixel_centers=True)[0]  # tf.image.resize's
-    if a.blurs and not on_source:
+    if blurs and not on_source:
         out = _maybe_blur(out, p)
-    if a.erase_prob > 0:
+    if a.erase_prob > 0 and not a.augment_on_device:
         noise_seed = tf.random.experimental.stateless_fold_in(
             tf.random.experimental.stateless_fold_in(_seeds(seed)[1], 1), p.row)
         # Noise only for the images erased: drawing it costs as much as the rest of the augmentation.

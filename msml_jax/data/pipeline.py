@@ -113,13 +113,15 @@ def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True
       sampler: a PKSampler over split["pids"]; its seed also seeds the augmentation.
       image_size: (height, width) of the network input.
       flip, shift, **augmentation: the `augment.Augmentation` fields (zoom, blur_prob,
-        blur_sigma, erase_prob, erase_area, erase_aspect); all off but flip by default.
+        blur_sigma, erase_prob, erase_area, erase_aspect, augment_on_device); all off but flip by default.
       num_threads: size of the pipeline's private thread pool (None: TF's default, all cores).
       rows: a python slice of the P*K rows of each global batch to produce (this process's
         share); None: all of them.
     Returns:
       tf.data.Dataset of dicts with `images` uint8 [b, h, w, 3], `labels` int32 [b]
-      (index of the pid in `sampler.identities`), `step` int64; b = P*K, or the rows' count.
+      (index of the pid in `sampler.identities`), `step` int64; b = P*K, or the rows' count. With
+      `augment_on_device`, also the draws the train step applies (`device_augment.KEYS`, those in use):
+      `blur_sigma` float32 [b], `erase_box` float32 [b, 4].
     """
     P, K, seed = sampler.P, sampler.K, sampler.seed
     start, stop, _ = (rows or slice(0, P * K)).indices(P * K)
@@ -147,11 +149,11 @@ def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True
         seed_step = tf.stack([tf.constant(seed, tf.int64), step])
         image = apply(images.to_image(item, source_size), p, size, augmentation, seed_step)
         # Bilinear resampling, blur and erasing noise keep values in [0, 255]: +0.5 and truncation round.
-        return tf.cast(image + 0.5, tf.uint8), index, step
+        return tf.cast(image + 0.5, tf.uint8), index, step, _device_draws(p, augmentation)
 
     @tf.autograph.experimental.do_not_convert
-    def make_batch(images, indices, steps):
-        return {"images": images, "labels": tf.gather(labels, indices), "step": steps[0]}
+    def make_batch(images, indices, steps, draws):
+        return {"images": images, "labels": tf.gather(labels, indices), "step": steps[0], **draws}
 
     ds = tf.data.Dataset.range(start_step, end_step).map(batch_rows).unbatch()
     ds = ds.map(make_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -162,11 +164,25 @@ def train_dataset(split, sampler, *, start_step, end_step, image_size, flip=True
     return ds.with_options(options).prefetch(2)
 
 
+def _device_draws(p, augmentation):
+    """The draws the train step applies with `augment_on_device` (`device_augment.KEYS`), of one image's plan `p`:
+    its blur std in output pixels (0 = none) and its erased box (zero height = not erased); {} otherwise."""
+    a = augmentation
+    if not a.augment_on_device:
+        return {}
+    draws = {}
+    if a.blurs:
+        draws["blur_sigma"] = p.sigma
+    if a.erase_prob > 0:
+        draws["erase_box"] = p.erase_box * tf.cast(p.erase, tf.float32)
+    return draws
+
+
 def train_dataset_from_config(split, sampler, data_config, start_step, end_step, rows=None):
     """`train_dataset` with the image size and augmentation fields of `config.data`.
 
     Reads `image_size`, the `Augmentation` fields present (flip, shift, zoom, blur_prob,
-    blur_sigma, erase_prob, erase_area, erase_aspect) and `num_threads` (optional).
+    blur_sigma, erase_prob, erase_area, erase_aspect, augment_on_device) and `num_threads` (optional).
     """
     augmentation = dataclasses.asdict(Augmentation.from_config(data_config))
     return train_dataset(

@@ -32,7 +32,9 @@ def grid(before, after, per_row, scale=1, gap=2):
 
 def preview(config, step=0, num_images=16):
     """(before, after) uint8 [n, h, w, 3] of the first `num_images` images of step `step`'s batch."""
-    from msml_jax.data import load_datasets
+    import numpy as np
+
+    from msml_jax.data import device_augment, load_datasets
     from msml_jax.data.pipeline import train_dataset, train_dataset_from_config
     from msml_jax.data.sampling import PKSampler
 
@@ -42,5 +44,12 @@ def preview(config, step=0, num_images=16):
                           flip=False, shift=0.0)
     augmented = train_dataset_from_config(train, sampler, config.data, step, step + 1)
     before = next(plain.as_numpy_iterator())["images"][:num_images]
-    after = next(augmented.as_numpy_iterator())["images"][:num_images]
+    batch = next(augmented.as_numpy_iterator())
+    after = batch["images"][:num_images]
+    augment = {k: batch[k][:num_images] for k in device_augment.KEYS if k in batch}
+    if augment:  # config.data.augment_on_device: the rest is the train step's, done here as it does it
+        from msml_jax.training import steps
+
+        after = steps.network_input(after, augment, steps.StepSettings.from_config(config), step)
+        after = np.asarray(after).astype(np.uint8)
     return before, after

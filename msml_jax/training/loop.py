@@ -16,6 +16,7 @@ import tqdm
 
 from msml_jax import checkpoint, records, sharding
 from msml_jax.config import check_paths
+from msml_jax.data import device_augment
 from msml_jax.errors import Interrupted, UserError, warn
 from msml_jax.evaluation.report import format_table
 from msml_jax.lock import WorkdirLock
@@ -23,6 +24,8 @@ from msml_jax.training import steps
 from msml_jax.training.trainer import create_trainer
 from msml_jax.training.writer import MetricWriter
 
+# What the train step reads from a batch: images, labels and the draws of augmentation left to it.
+BATCH_KEYS = ("images", "labels", *device_augment.KEYS)
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a process stopped by SIGTERM
 
 
@@ -279,8 +282,9 @@ def _train(trainer, workdir, batches, evaluate, tensorboard):
         with _StopSignal() as stop:
             # No host sync per step: the host runs ahead, the next batch is on the devices before it is needed,
             # and metrics are fetched at log steps only.
-            for batch in sharding.prefetch(batches, config.batch_size, mesh):
-                state, metrics, guard = trainer.train_step(state, batch["images"], batch["labels"], guard)
+            for batch in sharding.prefetch(batches, config.batch_size, mesh, keys=BATCH_KEYS):
+                augment = {k: batch[k] for k in device_augment.KEYS if k in batch} or None
+                state, metrics, guard = trainer.train_step(state, batch["images"], batch["labels"], guard, augment)
                 step = int(batch["step"]) + 1
                 logged = step % config.log_every_steps == 0 or step == config.num_train_steps
                 preempted = stop.should_stop(step)

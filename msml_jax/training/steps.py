@@ -13,6 +13,7 @@ import optax
 from flax.training import train_state
 
 from msml_jax import losses
+from msml_jax.data import device_augment
 from msml_jax.distances import l2_normalize, pairwise_distance
 
 
@@ -34,6 +35,7 @@ class StepSettings:
     lr_decay: float
     lr_boundaries: Tuple[int, ...]
     warmup_steps: int = 0
+    blur_radius: int = 0  # > 0: the batch's blur runs in the step (config.data.augment_on_device), kernels this wide
 
     @classmethod
     def from_config(cls, config):
@@ -44,7 +46,15 @@ class StepSettings:
             seed=config.seed, learning_rate=config.learning_rate, lr_decay=config.lr_decay,
             lr_boundaries=tuple(int(b) for b in config.lr_boundaries),
             warmup_steps=int(config.get("warmup_steps", 0)),
+            blur_radius=_device_blur_radius(config.get("data", {})),
         )
+
+
+def _device_blur_radius(data):
+    """The kernel radius of the blur a step applies (`device_augment.blur`), 0 when it applies none."""
+    if not (data.get("augment_on_device") and data.get("blur_prob", 0.0) > 0 and data.get("blur_sigma", 1.0) > 0):
+        return 0
+    return device_augment.kernel_radius(data.get("blur_sigma", 1.0))
 
 
 class TrainState(train_state.TrainState):
@@ -81,13 +91,22 @@ def create_train_state(model, config, variables):
     )
 
 
-def train_step(state, images, labels, *, settings):
+def network_input(images, augment, settings, step):
+    """What the network sees of the uint8 `images` of global step `step` given their `augment` draws (see
+    `train_step`): float32, blurred and erased (`device_augment.finish`); preview.py shows the same."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(settings.seed), step), 2)
+    return device_augment.finish(images, augment, key, settings.blur_radius)
+
+
+def train_step(state, images, labels, augment=None, *, settings):
     """One Adam step on classification + metric loss.
 
     Args:
       state: TrainState.
       images: uint8 [B, h, w, 3], a P x K batch in any order.
       labels: int32 [B] training-identity indices.
+      augment: None, or the batch's blur and erasing draws (`device_augment.KEYS`) that the step applies to
+        `images` first (config.data.augment_on_device); the erasing noise is drawn from (seed, step, row).
       settings: `StepSettings` (static: bind it with functools.partial before jit).
     Returns:
       (new state, dict of scalar metrics: loss, cls_loss, metric_loss, accuracy,
@@ -98,6 +117,8 @@ def train_step(state, images, labels, *, settings):
     """
     # The random losses draw fresh pairs each step, reproducibly from (seed, step).
     key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), state.step)
+    if augment:
+        images = network_input(images, augment, settings, state.step)
 
     def loss_fn(params):
         outputs, updates = state.apply_fn(

@@ -42,28 +42,31 @@ def setup(config, validated=False):
 
 def jit_train_step(config, mesh, watch=False):
     """`steps.train_step` with the `StepSettings` of `config`, jitted over `mesh`: state replicated, images /
-    labels sharded on "data".
+    labels (and the augmentation draws, `augment`) sharded on "data".
 
-    Returns fn(state, images, labels) -> (state, metrics) with replicated outputs; the state is donated. With
-    `watch`, fn(state, images, labels, guard) -> (state, metrics, guard) also updates the NaN/Inf watch
-    (`steps.watch_finite`) in the same program, so the loop dispatches one computation per step and never syncs.
+    Returns fn(state, images, labels, augment=None) -> (state, metrics) with replicated outputs; the state is
+    donated. With `watch`, fn(state, images, labels, guard, augment=None) -> (state, metrics, guard) also updates
+    the NaN/Inf watch (`steps.watch_finite`) in the same program, so the loop dispatches one computation per step
+    and never syncs. `augment`: the batch's `device_augment.KEYS` (config.data.augment_on_device), else None.
     """
     settings = steps.StepSettings.from_config(config)
     repl, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     if not watch:
-        return jax.jit(
+        step = jax.jit(
             functools.partial(steps.train_step, settings=settings),
-            in_shardings=(repl, data, data),
+            in_shardings=(repl, data, data, data),
             out_shardings=(repl, repl),
             donate_argnums=0,
         )
+        return lambda state, images, labels, augment=None: step(state, images, labels, augment)
 
-    def watched(state, images, labels, guard):
-        state, metrics = steps.train_step(state, images, labels, settings=settings)
+    def watched(state, images, labels, guard, augment):
+        state, metrics = steps.train_step(state, images, labels, augment, settings=settings)
         return state, metrics, steps.watch_finite(guard, metrics, state.step)
 
-    return jax.jit(watched, in_shardings=(repl, data, data, repl), out_shardings=(repl, repl, repl),
+    step = jax.jit(watched, in_shardings=(repl, data, data, repl, data), out_shardings=(repl, repl, repl),
                    donate_argnums=(0, 3))
+    return lambda state, images, labels, guard, augment=None: step(state, images, labels, guard, augment)
 
 
 def init_state(model, config, mesh):
@@ -96,7 +99,7 @@ class Trainer:
     eval_sets: dict
     sampler: PKSampler
     state: Any
-    train_step: Any  # fn(state, images, labels, guard) -> (state, metrics, guard): see jit_train_step(watch=True)
+    train_step: Any  # fn(state, images, labels, guard, augment=None) -> (state, metrics, guard): jit_train_step(watch=True)
     evaluator: Evaluator
 
     @property
