@@ -420,6 +420,7 @@ def _check_combinations(v):
             f"config.model.name={name!r} (last_stride={last_stride}): use at least ({stride}, {stride}), "
             f"e.g. --config.data.image_size=\"(128, 64)\""
         )
+    _check_blur(v)
     if v["model.eval_embedding"] == "bnneck" and not v["model.bnneck"]:
         raise UserError("config.model.eval_embedding='bnneck' needs config.model.bnneck=True: set it, or choose "
                         "config.model.eval_embedding='embedding'")
@@ -441,6 +442,25 @@ def _check_combinations(v):
     if v["eval.k2"] > v["eval.k1"]:
         raise UserError(f"config.eval.k2={v['eval.k2']} must be at most config.eval.k1={v['eval.k1']}: "
                         f"lower k2 or raise k1 (the paper's values: k1=20, k2=6)")
+
+
+def widest_blur(image_size, zoom):
+    """The largest blur std (output pixels) for `image_size` and `zoom`: an eighth of the shorter side, shrunk by
+    (1 - zoom) / (1 + zoom). Kernels reach 2 stds; on the source crop (augment.blur_radius) the radius is sized for
+    the largest box and must stay below the smallest box's side, and on the batch (device_augment) below half the
+    image's; this keeps both with room for rounding."""
+    return min(image_size) * (1 - zoom) / (8 * (1 + zoom))
+
+
+def _check_blur(v):
+    sigma, zoom, size = v["data.blur_sigma"], v["data.zoom"], tuple(v["data.image_size"])
+    widest = widest_blur(size, zoom)
+    if v["data.blur_prob"] > 0 and sigma > widest:
+        fix = math.floor(min(1.0, widest) * 100) / 100
+        fix = f"--config.data.blur_sigma={fix:g}" if fix > 0 else "--config.data.blur_prob=0"
+        raise UserError(f"config.data.blur_sigma={sigma:g} is too wide for config.data.image_size={size} with "
+                        f"config.data.zoom={zoom:g}: a blur std may be at most {widest:.3g} pixels there (an eighth "
+                        f"of the shorter side, less with zoom): set e.g. {fix}")
 
 
 def as_typed(error, flags=None, prefix="--config."):

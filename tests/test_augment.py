@@ -210,3 +210,28 @@ def test_preview_shows_each_image_above_its_augmented_self(tiny_splits):
     np.testing.assert_array_equal(g[2 : 2 + h, 2 + (w + 2) : 2 + (w + 2) + w], before[1])
     np.testing.assert_array_equal(g[2 + (h + 2) : 2 + (h + 2) + h, 2 : 2 + w], after[0])
     np.testing.assert_array_equal(g[2 + 2 * (h + 2) : 2 + 2 * (h + 2) + h, 2 : 2 + w], before[4])
+
+
+@pytest.mark.parametrize("image_size", [(32, 16), (64, 32), (16, 16)])
+@pytest.mark.parametrize("zoom", [0.0, 0.5, 0.9])
+def test_the_widest_blur_the_config_accepts_runs_on_the_host_and_on_the_device(tiny_splits, image_size, zoom):
+    # config.widest_blur is the bound validation puts on blur_sigma (beyond it a kernel outgrows the images it blurs
+    # and TensorFlow fails mid-run): at the bound both paths make their batch, 32x16 sources to each output size.
+    from msml_jax.config import widest_blur
+    from msml_jax.data.pipeline import train_dataset
+    from msml_jax.data.sampling import PKSampler
+    from msml_jax.training import steps
+    from tests.conftest import make_tiny_config
+
+    sigma = widest_blur(image_size, zoom)
+    train = tiny_splits["train"]
+    sampler = PKSampler(train["pids"], P=4, K=4, seed=1)
+    settings = dict(image_size=image_size, shift=0.1, zoom=zoom, blur_prob=1.0, blur_sigma=sigma)
+    host = next(train_dataset(train, sampler, start_step=0, end_step=1, **settings).as_numpy_iterator())
+    device = next(train_dataset(train, sampler, start_step=0, end_step=1, augment_on_device=True,
+                                **settings).as_numpy_iterator())
+    config = make_tiny_config()
+    config.data.update(dict(image_size=image_size, zoom=zoom, blur_prob=1.0, blur_sigma=sigma, augment_on_device=True))
+    seen = steps.network_input(device["images"], {"blur_sigma": device["blur_sigma"]},
+                               steps.StepSettings.from_config(config), 0)
+    assert host["images"].shape == seen.shape == (16, *image_size, 3) and np.all(device["blur_sigma"] > 0)

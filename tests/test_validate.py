@@ -189,6 +189,12 @@ COMBINATIONS = [
     ({"data.train": ("viper", "viper")}, "config.data.train=('viper', 'viper') names a dataset twice"),
     ({"data.eval": ("market",)}, "unknown dataset 'market' in config.data.eval: valid names are"),
     ({"eval.k1": 5, "eval.k2": 6}, "config.eval.k2=6 must be at most config.eval.k1=5"),
+    # tiny: 32x16 images: at most 16 / 8 = 2 pixels, 16 * 0.5 / (8 * 1.5) = 0.667 with zoom 0.5
+    ({"data.blur_prob": 0.5, "data.blur_sigma": 2.5}, "config.data.blur_sigma=2.5 is too wide for "
+                                                       "config.data.image_size=(32, 16) with config.data.zoom=0: a "
+                                                       "blur std may be at most 2 pixels"),
+    ({"data.blur_prob": 0.5, "data.zoom": 0.5}, "at most 0.667 pixels there (an eighth of the shorter side, less "
+                                                "with zoom): set e.g. --config.data.blur_sigma=0.66"),
 ]
 
 
@@ -211,7 +217,9 @@ def test_combinations_are_refused_naming_the_fields(changes, message):
                                      {"data.train": ("cuhk03", "mars"), "data.protocol": "classic"},
                                      {"num_train_steps": 0, "num_train_epochs": 3},
                                      {"loss": "trihard", "soft_margin": True},
-                                     {"model.bnneck": True, "model.eval_embedding": "bnneck"}])
+                                     {"model.bnneck": True, "model.eval_embedding": "bnneck"},
+                                     {"data.blur_prob": 0.5, "data.blur_sigma": 2.0},  # the widest at 32x16
+                                     {"data.blur_prob": 0.0, "data.blur_sigma": 50.0}])  # no blur: any std
 def test_valid_combinations_pass(changes):
     tree = dict(CONFIGS)["tiny"]
     for field, value in changes.items():
