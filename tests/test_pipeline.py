@@ -39,17 +39,22 @@ def test_a_pipeline_started_mid_run_yields_the_same_batches(tiny_splits):
     assert np.any(plain[0]["images"] != resumed[0]["images"])
 
 
-def test_each_process_share_of_a_batch_is_those_rows_of_the_whole_batch(tiny_splits):
+@pytest.mark.parametrize("on_device", [False, True])
+def test_each_process_share_of_a_batch_is_those_rows_of_the_whole_batch(tiny_splits, on_device):
     # Every augmentation on, erasing's per-image noise included: a process that builds rows [a, b) of each
-    # global batch gets exactly those rows of the batch one process builds, whatever the split.
-    settings = dict(flip=True, shift=0.1, zoom=0.2, blur_prob=0.5, blur_sigma=1.0, erase_prob=0.5)
+    # global batch gets exactly those rows of the batch one process builds, whatever the split; with the blur and
+    # erasing left to the train step, the same holds for their draws.
+    settings = dict(flip=True, shift=0.1, zoom=0.2, blur_prob=0.5, blur_sigma=1.0, erase_prob=0.5,
+                    augment_on_device=on_device)
+    keys = ["images", "labels"] + (["blur_sigma", "erase_box"] if on_device else [])
     whole, _ = _batches(tiny_splits["train"], 3, 5, **settings)
     for cuts in ([0, 4, 8], [0, 2, 4, 6, 8], [0, 1, 8]):
         parts = [_batches(tiny_splits["train"], 3, 5, rows=slice(a, b), **settings)[0] for a, b in zip(cuts, cuts[1:])]
         for s, batch in enumerate(whole):
             assert [p[s]["images"].shape[0] for p in parts] == list(np.diff(cuts))
-            np.testing.assert_array_equal(np.concatenate([p[s]["images"] for p in parts]), batch["images"])
-            np.testing.assert_array_equal(np.concatenate([p[s]["labels"] for p in parts]), batch["labels"])
+            assert sorted(batch) == sorted(keys + ["step"])
+            for key in keys:
+                np.testing.assert_array_equal(np.concatenate([p[s][key] for p in parts]), batch[key])
     plain, _ = _batches(tiny_splits["train"], 3, 4, flip=False)
     assert np.mean(plain[0]["images"] != whole[0]["images"]) > 0.5  # the augmentations did act
 

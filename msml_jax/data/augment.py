@@ -214,7 +214,17 @@ class Plan(typing.NamedTuple):
 
 def plan(seed, augmentation, rows, source_size, size):
     """The `Plan` of `rows` of the global batch seeded by `seed` (int [2]), for sources of python size
-    `source_size` (h, w) going to `size` (H, W)."""
+    `source_size` (h, w) going to `size` (H, W).
+
+    Planned for the whole global batch, then sliced: TensorFlow's exp and sqrt may round a value differently in
+    a vector of another length (SIMD body or scalar tail), and a process's rows must be those of the whole batch
+    to the last bit (the erased boxes and blur stds travel to the train step as floats).
+    """
+    whole = _plan(seed, augmentation, Rows(0, rows.total, rows.total), source_size, size)
+    return Plan(*(field[rows.start : rows.stop] for field in whole))
+
+
+def _plan(seed, augmentation, rows, source_size, size):
     a = augmentation
     if not 0 <= a.zoom < 1 or a.shift < 0:
         raise ValueError(f"zoom must be in [0, 1) and shift >= 0, got zoom {a.zoom}, shift {a.shift}")
