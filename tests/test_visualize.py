@@ -156,3 +156,41 @@ def test_training_curves_leave_out_the_records_of_eval_py(tmp_path):
     metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
     summary = visualize.training_curves(str(tmp_path / "curves.png"), str(metrics))
     assert summary == {"train_records": 1, "eval_records": 2, "bad_lines": []}
+
+
+def test_the_ranked_lists_of_mars_official_rank_against_every_test_tracklet(tmp_path, monkeypatch):
+    # MARS's official protocol ranks each query tracklet against all test tracklets, the queries too. Query 0's only
+    # match (pid 1, another camera) is query tracklet 1; the gallery split holds pid 2 and a pid 1 tracklet in query
+    # 0's camera (junk for it). The picture must show query 1's image first, framed as a match, as the protocol's
+    # ranking has it (the gallery split alone has no match for it at all).
+    from msml_jax.evaluation.workdir import draw_run
+    from tests.conftest import make_tiny_config
+
+    def split(values):
+        return {"images": np.stack([np.full((8, 4, 3), v, np.uint8) for v in values])}
+
+    def features(pids, camids, tracklets, embeddings):
+        return {"embeddings": np.asarray(embeddings, np.float32), "pids": np.asarray(pids),
+                "camids": np.asarray(camids), "tracklet": np.asarray(tracklets), "image_index": np.arange(len(pids))}
+
+    eval_sets = {"mars": {"query": split([10, 20]), "gallery": split([30, 40, 50]), "ranking": "tracklet_official",
+                          "protocol": "official"}}
+    feats = {"mars": {"query": features([1, 1], [0, 1], [0, 1], [[1, 0], [0.9, 0.1]]),
+                      "gallery": features([2, 2, 1], [1, 1, 0], [2, 3, 4], [[0, 1], [0.5, 0.5], [0.7, 0.3]])}}
+    drawn = {}
+    real = visualize.ranked_lists
+
+    def spy(path, query_images, gallery_images, *args, **kwargs):
+        rows = real(path, query_images, gallery_images, *args, **kwargs)
+        drawn.update(rows={r["query"]: r for r in rows}, gallery_images=gallery_images)
+        return rows
+
+    monkeypatch.setattr(visualize, "ranked_lists", spy)
+    draw_run(str(tmp_path), str(tmp_path), eval_sets, feats, make_tiny_config(), 7)
+    row = drawn["rows"][0]
+    first = row["gallery"][0]
+    assert row["match"][0] and row["ap"] == 1.0
+    assert np.all(drawn["gallery_images"](first) == 20)  # query tracklet 1's image, read from the query split
+    # Query 0 itself and the gallery's pid 1 tracklet (same pid and camera) are never shown; the rest is.
+    shown = sorted(int(drawn["gallery_images"](j)[0, 0, 0]) for j in row["gallery"])
+    assert shown == [20, 30, 40]

@@ -110,8 +110,9 @@ class Evaluator:
         """
         records = []
         for name, sets in self.eval_sets.items():
-            metrics = self.protocols[name].rank(features[name]["query"], features[name]["gallery"], metric=self.settings.metric,
-                           normalize=self.settings.normalize, rerank=self.settings.rerank)
+            metrics = self.protocols[name].evaluate(features[name]["query"], features[name]["gallery"],
+                                                    metric=self.settings.metric, normalize=self.settings.normalize,
+                                                    rerank=self.settings.rerank)
             q, g = features[name]["query"], features[name]["gallery"]
             separation = separation_figures(q["embeddings"], g["embeddings"], q["pids"], g["pids"], q["camids"],
                                             g["camids"], metric=self.settings.metric,

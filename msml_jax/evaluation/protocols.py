@@ -71,19 +71,15 @@ def rank_images(query, gallery, *, metric=EUCLIDEAN, normalize=True, rerank=None
 
 def all_test_tracklets(query, gallery, group_by="tracklet"):
     """MARS's official gallery: every test tracklet, the queries included, in the order of their `group_by`
-    ids (the rows of tracks_test_info.mat, which is the order in which equal distances are ranked)."""
+    ids (the rows of tracks_test_info.mat, which is the order in which equal distances are ranked).
+
+    Every field both splits carry comes along, and `from_query` (bool [N]) says which split each item is from
+    (its `image_index` indexes that split's images)."""
     ids = np.concatenate([np.asarray(query[group_by]), np.asarray(gallery[group_by])])
     _, rows = np.unique(ids, return_index=True)  # a tracklet in both splits counts once
-    return {k: np.concatenate([np.asarray(query[k]), np.asarray(gallery[k])])[rows]
-            for k in ("embeddings", "pids", "camids", group_by)}
-
-
-def rank_tracklets_official(query, gallery, **kwargs):
-    """MARS's official evaluation (`evaluation_mars.m` of MARS-evaluation): each query tracklet against ALL
-    test tracklets (`all_test_tracklets`: the queries too), same pid and camera removed (the query itself among
-    them), junk (pid -1) never ranked (the builder drops it), distractors (pid 0) ranked; AP by the trapezoid rule;
-    every query averaged (one without a match scores 0). kwargs: those of `rank_images`."""
-    return rank_images(query, all_test_tracklets(query, gallery), every_query=True, **kwargs)
+    out = {k: np.concatenate([np.asarray(query[k]), np.asarray(gallery[k])])[rows] for k in query if k in gallery}
+    out["from_query"] = rows < len(query[group_by])
+    return out
 
 
 def single_gallery_shot(query, gallery, *, metric=EUCLIDEAN, normalize=True, distances=None, rerank=None,
@@ -121,6 +117,9 @@ class Protocol:
     carries the pid, camid and name of its first row. None: each image is an item.
     pooling: the pooling of a group's rows the protocol prescribes ("avg" | "max"); None: config.eval.pooling.
     ap_mode: the AP rule of `rank` (`ranking.AP_MODES`), written into the records.
+    gallery: fn(query, gallery) -> the items the queries are ranked against, when they are not the gallery split
+      (MARS's official protocol: every test tracklet, `all_test_tracklets`); the items carry `from_query` (bool
+      [N]: which split each came from, for the pictures). None: the gallery split.
     """
 
     name: str
@@ -128,6 +127,15 @@ class Protocol:
     group_by: Optional[str] = None
     pooling: Optional[str] = None
     ap_mode: str = MEAN_PRECISION
+    gallery: Optional[Callable] = None
+
+    def ranked_against(self, query, gallery):
+        """The items the `query` features are ranked against, from the gallery split's features `gallery`."""
+        return gallery if self.gallery is None else self.gallery(query, gallery)
+
+    def evaluate(self, query, gallery, **kwargs):
+        """The ranking metrics of `query` against the gallery split's `gallery` features (kwargs: `rank`'s)."""
+        return self.rank(query, self.ranked_against(query, gallery), **kwargs)
 
     def pooling_of(self, configured):
         """The pooling of this protocol's groups when config.eval.pooling is `configured`; None without groups."""
@@ -137,14 +145,14 @@ class Protocol:
 PROTOCOLS = {}
 
 
-def register_protocol(name, rank, group_by=None, pooling=None, ap_mode=MEAN_PRECISION):
+def register_protocol(name, rank, group_by=None, pooling=None, ap_mode=MEAN_PRECISION, gallery=None):
     """Declares protocol `name` (see `Protocol`); returns it. An `ap_mode` other than MEAN_PRECISION is given to
     `rank` as its `ap_mode=` argument."""
     if name in PROTOCOLS:
         raise ValueError(f"protocol {name!r} is registered twice")
     if ap_mode != MEAN_PRECISION:
         rank = functools.partial(rank, ap_mode=ap_mode)
-    PROTOCOLS[name] = Protocol(name, rank, group_by, pooling, ap_mode)
+    PROTOCOLS[name] = Protocol(name, rank, group_by, pooling, ap_mode, gallery)
     return PROTOCOLS[name]
 
 
@@ -159,7 +167,10 @@ register_protocol("image", rank_images)
 # Market-1501's official evaluation (its MATLAB evaluation.m / compute_AP.m): the image rules, trapezoid AP.
 register_protocol("image_official", functools.partial(rank_images, every_query=True), ap_mode=OFFICIAL_AP)
 register_protocol("tracklet", rank_images, group_by="tracklet")  # MARS: frame features pooled per tracklet
-# MARS's official evaluation: max-pooled tracklets, ranked against every test tracklet, trapezoid AP.
-register_protocol("tracklet_official", rank_tracklets_official, group_by="tracklet", pooling="max",
-                  ap_mode=OFFICIAL_AP)
+# MARS's official evaluation (`evaluation_mars.m` of MARS-evaluation): max-pooled tracklets, each query against
+# ALL test tracklets (the queries too), same pid and camera removed (the query itself among them), junk (pid -1)
+# never ranked (the builder drops it), distractors (pid 0) ranked; AP by the trapezoid rule; every query averaged
+# (one without a match scores 0).
+register_protocol("tracklet_official", functools.partial(rank_images, every_query=True), group_by="tracklet",
+                  pooling="max", ap_mode=OFFICIAL_AP, gallery=all_test_tracklets)
 register_protocol("single_gallery_shot", single_gallery_shot)  # CUHK03 classic

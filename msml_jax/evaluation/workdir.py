@@ -18,6 +18,7 @@ from msml_jax.checkpoint import check_model_fields, find_checkpoint, restore_che
 from msml_jax.distances import COSINE
 from msml_jax.errors import UserError
 from msml_jax.evaluation.evaluator import SEPARATION_MAX_PAIRS, EvalSettings, Evaluator
+from msml_jax.evaluation.protocols import get_protocol
 from msml_jax.evaluation.report import format_table
 from msml_jax.models import init_variables, model_from_config
 
@@ -168,10 +169,15 @@ def draw_run(directory, workdir, eval_sets, features, config, step):
         q, g = features[name]["query"], features[name]["gallery"]
         ids = (q["pids"], g["pids"], q["camids"], g["camids"])
         read_q, read_g = image_reader(sets["query"]), image_reader(sets["gallery"])
-        distances = distance_matrix(q["embeddings"], g["embeddings"], settings.metric, settings.normalize)
         path = os.path.join(directory, f"{name}_ranked.png")
-        visualize.ranked_lists(path, lambda i: read_q(q["image_index"][i]), lambda i: read_g(g["image_index"][i]),
-                               distances, *ids, title=f"{name}, step {step}: lowest-AP queries and their top 10")
+        # Ranked as the protocol ranks: against its items (MARS official: every test tracklet, queries included).
+        items = get_protocol(sets["ranking"]).ranked_against(q, g)
+        from_query = items.get("from_query", np.zeros(len(items["pids"]), bool))
+        distances = distance_matrix(q["embeddings"], items["embeddings"], settings.metric, settings.normalize)
+        visualize.ranked_lists(path, lambda i: read_q(q["image_index"][i]),
+                               lambda i: (read_q if from_query[i] else read_g)(items["image_index"][i]),
+                               distances, q["pids"], items["pids"], q["camids"], items["camids"],
+                               title=f"{name}, step {step}: lowest-AP queries and their top 10")
         paths.append(path)
         path = os.path.join(directory, f"{name}_distances.png")
         visualize.embedding_distance_distributions(path, q["embeddings"], g["embeddings"], *ids,
