@@ -107,10 +107,10 @@ def run_case(op, num_gallery, block_mib, k):
         r = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams)
         what = f"rank-1 {r['cmc'][0]:.4f} mAP {r['mAP']:.4f} mINP {r['mINP']:.4f}"
     dt, cpu, faults = time.perf_counter() - t, cpu_seconds() - cpu, page_faults() - faults
-    rows = search.block_rows_for(NUM_QUERY, num_gallery, block)
-    shape = f"blocks of {rows} queries"
     if op in ("topk", "eval"):  # both go over [rows, cols] tiles
         shape = "tiles of {} x {}".format(*search.tile_shape(NUM_QUERY, num_gallery, max_block_bytes=block))
+    else:
+        shape = f"one dense {NUM_QUERY} x {num_gallery} matrix"
     print(f"{op:>5} G={num_gallery:>9,}: {dt:7.1f} s wall ({cpu:7.1f} s CPU, {faults / 1e3:5.0f}k page faults)  "
           f"peak RSS {rss_mib():6.0f} MiB (before the call {rss0:.0f} MiB, gallery {g.nbytes / 2**20:.0f} MiB; "
           f"{shape})  "
