@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper's three backbones on a lent GPU (issue 12 item 4: train-step throughput per backbone and input size),
-# plus the torch.compile ResNet50 row at 224x224 that gpu_check.sh's 80 s part could not finish. ~8 min.
+# plus the torch.compile ResNet50 row at 224x224 that gpu_check.sh's 80 s part could not finish, and the train
+# step's blur (config.data.augment_on_device) on the GPU. ~8 min.
 #
 #     bash benchmarks/gpu_backbones.sh     # carry .whl/ (ml_collections wheel); logs to $OUT (or .)
 #
@@ -24,6 +25,8 @@ part() {  # part NAME SECONDS CMD...
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
 COMMON="--batch 128 --K 4 --steps 20 --warmup 3"
+part "the train step's blur, config.data.augment_on_device (issue 23 item 3): batch 128, us per image" 60 $PY -c \
+  "from benchmarks.input_pipeline import device_blur_cost as c; [print(s, c(16, s, 128)) for s in ((256, 128), (224, 224))]"
 part "JAX bf16: resnet50 (baseline), resnet50x, inception_v2" ${T_BF16:-270} $PY benchmarks/train_throughput.py \
   --backbones resnet50,resnet50x,inception_v2 --sizes 256x128,224x224 --dtypes bfloat16 $COMMON
 part "PyTorch torch.compile resnet50 224x224 bf16" ${T_COMPILE:-140} $PY benchmarks/torch_train_step.py \
