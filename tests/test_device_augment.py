@@ -144,3 +144,50 @@ def test_a_run_saved_before_the_field_existed_resumes_unchanged():
     assert config_differences(saved, config) == []
     config.data.augment_on_device = True
     assert config_differences(saved, config) == [("data.augment_on_device", "<absent>", True)]
+
+
+def test_a_run_with_blur_and_erasing_on_the_device_applies_them_and_resumes_exactly(tmp_path, monkeypatch):
+    # The loop hands the batch's draws to the step (the step traces the device augmentation), and a run killed
+    # after a checkpoint and resumed ends bitwise equal to one trained straight through: the draws come from the
+    # pipeline's (seed, step) and the erasing noise from the step's own (seed, step, row).
+    import json
+    import os
+
+    import orbax.checkpoint as ocp
+
+    from msml_jax import checkpoint
+    from msml_jax.training import loop
+
+    config = _device_config(erase_prob=0.5)
+    config.update(dict(num_train_steps=4, checkpoint_every_steps=2, log_every_steps=1, lr_boundaries=(3,)))
+    traced = []
+    real = steps.network_input
+    monkeypatch.setattr(steps, "network_input", lambda *args: traced.append(sorted(args[1])) or real(*args))
+
+    def killed_at_3(trainer, start_step):
+        for batch in loop._default_batches(trainer, start_step):
+            if int(batch["step"]) == 3:
+                raise RuntimeError("killed")
+            yield batch
+
+    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+    loop.train_and_evaluate(config, whole, evaluate=False, tensorboard=False)
+    assert traced and traced[0] == ["blur_sigma", "erase_box"]
+    with pytest.raises(RuntimeError, match="killed"):
+        loop.train_and_evaluate(config, parts, batches=killed_at_3, evaluate=False, tensorboard=False)
+    assert checkpoint.checkpoint_manager(parts, create=False).latest_step() == 2
+    loop.train_and_evaluate(config, parts, evaluate=False, tensorboard=False)
+
+    def records(workdir):
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            return [{k: v for k, v in json.loads(line).items() if k != "images_per_sec"} for line in f]
+
+    def final_params(workdir):
+        manager = checkpoint.checkpoint_manager(workdir, create=False)
+        state = manager.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        manager.close()
+        return jax.tree_util.tree_leaves(state["params"])
+
+    assert records(parts) == records(whole)
+    for a, b in zip(final_params(parts), final_params(whole), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
