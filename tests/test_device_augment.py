@@ -191,3 +191,19 @@ def test_a_run_with_blur_and_erasing_on_the_device_applies_them_and_resumes_exac
     assert records(parts) == records(whole)
     for a, b in zip(final_params(parts), final_params(whole), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_option_on_a_cpu_is_warned_about_in_one_line(capsys):
+    # Legal but costly here: the step's blur on a CPU costs several times the pipeline's (docs/benchmarks.md).
+    import types
+
+    from msml_jax.training import loop
+
+    trainer = types.SimpleNamespace(config=_device_config(), sampler=types.SimpleNamespace(counts=np.array([4, 4])))
+    loop._warn_if_likely_wrong(trainer)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "augment_on_device" in line]
+    assert jax.default_backend() == "cpu" and len(lines) == 1
+    assert "--config.data.augment_on_device=False" in lines[0]
+    trainer.config.data.blur_prob = 0.0  # erasing alone: nothing costly moves
+    loop._warn_if_likely_wrong(trainer)
+    assert "augment_on_device" not in capsys.readouterr().err
