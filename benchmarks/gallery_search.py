@@ -3,12 +3,14 @@
 Usage:
     python benchmarks/gallery_search.py                       # every case, each in its own subprocess
     python benchmarks/gallery_search.py --op eval --gallery 1000000 [--block-mib 4]
+    python benchmarks/gallery_search.py --op eval --gallery 1000000 --whole_rows   # the fallback path
 
 3,368 queries (Market-1501's count) against galleries of 10^4, 10^5 and 10^6
 256-d embeddings: identities of unit-variance centres plus noise (751
 identities, about 20 gallery images each, the rest of a large gallery pid -1
 distractors), L2-normalized, Euclidean distance.  Ops:
-  eval   msml_jax.evaluation.search.evaluate_ranking_blocked (exact CMC/mAP/mINP)
+  eval   msml_jax.evaluation.search.evaluate_ranking_blocked (exact CMC/mAP/mINP); with --whole_rows, its
+         fallback for rankings that keep too much per tile (whole distance rows, evaluate_ranking_blocks)
   topk   msml_jax.evaluation.search.top_k with k = 100
   dense  the dense path for comparison (pairwise_distance + evaluate_ranking on
          the whole [Q, G] matrix), 10^4 gallery only; it also checks that the
@@ -83,8 +85,11 @@ def make_problem(num_gallery, num_query=NUM_QUERY, dim=DIM, seed=0):
     return embed(q_pids), g, q_pids, g_pids, q_cams, g_cams
 
 
-def run_case(op, num_gallery, block_mib, k):
+def run_case(op, num_gallery, block_mib, k, whole_rows=False):
     from msml_jax.evaluation import search
+
+    if whole_rows:
+        search._EVAL_KEPT_BYTES = 0  # the first kept entry sends evaluate_ranking_blocked to its fallback
 
     q, g, q_pids, g_pids, q_cams, g_cams = make_problem(num_gallery)
     rss0 = rss_mib()
@@ -107,7 +112,9 @@ def run_case(op, num_gallery, block_mib, k):
         r = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams)
         what = f"rank-1 {r['cmc'][0]:.4f} mAP {r['mAP']:.4f} mINP {r['mINP']:.4f}"
     dt, cpu, faults = time.perf_counter() - t, cpu_seconds() - cpu, page_faults() - faults
-    if op in ("topk", "eval"):  # both go over [rows, cols] tiles
+    if op == "eval" and whole_rows:
+        shape = f"whole-row blocks of {search.block_rows_for(NUM_QUERY, num_gallery, max(block, search._DEFAULT_BLOCK_BYTES))} queries"
+    elif op in ("topk", "eval"):  # both go over [rows, cols] tiles
         shape = "tiles of {} x {}".format(*search.tile_shape(NUM_QUERY, num_gallery, max_block_bytes=block))
     else:
         shape = f"one dense {NUM_QUERY} x {num_gallery} matrix"
@@ -130,9 +137,10 @@ def main(argv=None):
     ap.add_argument("--block-mib", type=int, default=None,
                     help="size of one [b, G'] float32 tile (default: the library's, 4 MiB)")
     ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--whole_rows", action="store_true", help="--op eval: time its whole-row fallback")
     args = ap.parse_args(argv)
     if args.op:
-        run_case(args.op, args.gallery, args.block_mib, args.k)
+        run_case(args.op, args.gallery, args.block_mib, args.k, args.whole_rows)
         return
     try:
         cores = len(os.sched_getaffinity(0))
