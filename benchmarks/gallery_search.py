@@ -113,7 +113,7 @@ def run_case(op, num_gallery, block_mib, k, whole_rows=False):
         what = f"rank-1 {r['cmc'][0]:.4f} mAP {r['mAP']:.4f} mINP {r['mINP']:.4f}"
     dt, cpu, faults = time.perf_counter() - t, cpu_seconds() - cpu, page_faults() - faults
     if op == "eval" and whole_rows:
-        shape = f"whole-row blocks of {search.block_rows_for(NUM_QUERY, num_gallery, max(block, search._DEFAULT_BLOCK_BYTES))} queries"
+        shape = f"whole-row blocks of {search.fallback_block_rows(NUM_QUERY, num_gallery, block)} queries"
     elif op in ("topk", "eval"):  # both go over [rows, cols] tiles
         shape = "tiles of {} x {}".format(*search.tile_shape(NUM_QUERY, num_gallery, max_block_bytes=block))
     else:

@@ -84,6 +84,20 @@ class Augmentation:
     def blurs(self):
         return self.blur_prob > 0 and self.blur_sigma > 0
 
+    @property
+    def erases(self):
+        return self.erase_prob > 0
+
+    @property
+    def blurs_here(self):
+        """Whether `apply` blurs (not left to the train step)."""
+        return self.blurs and not self.augment_on_device
+
+    @property
+    def erases_here(self):
+        """Whether `apply` erases (not left to the train step)."""
+        return self.erases and not self.augment_on_device
+
 
 def _uniform(rows, shape, seed):
     """Uniform [0, 1) draws of shape [rows.stop - rows.start, *shape]: rows of the draw for the whole global
@@ -240,7 +254,7 @@ def _plan(seed, augmentation, rows, source_size, size):
     paddings = tf.stack([inside_begin - box[:, :2], box[:, :2] + box[:, 2:] - inside_end], axis=2)  # [b, 2, 2]
     paddings = tf.concat([paddings, tf.zeros([b, 1, 2], tf.int32)], axis=1)
     # A blur of std s output pixels is one of s * (box size / output size) source pixels.
-    radius = blur_radius(a, source_size, size) if a.blurs and not a.augment_on_device else 0
+    radius = blur_radius(a, source_size, size) if a.blurs_here else 0
     sigmas = tf.stack([d.sigma, d.sigma], axis=1)
     if blurs_source(source_size, size):
         sigmas *= tf.cast(box[:, 2:], tf.float32) / tf.constant(size, tf.float32)
@@ -299,14 +313,13 @@ def apply(image, p, size, augmentation, seed):
     crop = tf.pad(tf.slice(image, p.begin, p.extent), p.paddings)
     crop = tf.reverse(crop, tf.range(1, 1 + p.flip))  # axis [1] or []: cheaper than a cond
     crop = tf.cast(crop, tf.float32)  # resize reads float32 faster than uint8
-    blurs = a.blurs and not a.augment_on_device
     on_source = blurs_source(image.shape[:2], size)
-    if blurs and on_source:
+    if a.blurs_here and on_source:
         crop = _maybe_blur(crop, p)
     out = tf.raw_ops.ResizeBilinear(images=crop[None], size=size, half_pixel_centers=True)[0]  # tf.image.resize's
-    if blurs and not on_source:
+    if a.blurs_here and not on_source:
         out = _maybe_blur(out, p)
-    if a.erase_prob > 0 and not a.augment_on_device:
+    if a.erases_here:
         noise_seed = tf.random.experimental.stateless_fold_in(
             tf.random.experimental.stateless_fold_in(_seeds(seed)[1], 1), p.row)
         # Noise only for the images erased: drawing it costs as much as the rest of the augmentation.

@@ -26,6 +26,15 @@ def kernel_radius(max_sigma):
     return max(1, math.ceil(2 * max_sigma))
 
 
+def step_blur_radius(data_config):
+    """The kernel radius of the blur a train step applies for `config.data` (augment_on_device with a blur
+    drawn), 0 when it applies none. Defaults as `config.FIELDS`'."""
+    d = data_config
+    if not (d.get("augment_on_device", False) and d.get("blur_prob", 0.0) > 0 and d.get("blur_sigma", 1.0) > 0):
+        return 0
+    return kernel_radius(d.get("blur_sigma", 1.0))
+
+
 def gaussian_kernels(sigmas, radius):
     """float32 [..., 2 * radius + 1] normalised Gaussians of std `sigmas` [...]; std 0 gives the identity."""
     x = jnp.arange(-radius, radius + 1, dtype=jnp.float32)

@@ -173,7 +173,7 @@ def _device_draws(p, augmentation):
     draws = {}
     if a.blurs:
         draws["blur_sigma"] = p.sigma
-    if a.erase_prob > 0:
+    if a.erases:
         draws["erase_box"] = p.erase_box * tf.cast(p.erase, tf.float32)
     return draws
 

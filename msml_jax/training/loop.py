@@ -176,8 +176,7 @@ def _warn_if_likely_wrong(trainer):
     if late:
         warn(f"config.lr_boundaries={tuple(config.lr_boundaries)} has {late} at or past config.num_train_steps="
              f"{config.num_train_steps}: the learning rate never decays there; scale the boundaries with the run")
-    data = config.data
-    if data.get("augment_on_device") and data.get("blur_prob", 0.0) > 0 and jax.default_backend() == "cpu":
+    if device_augment.step_blur_radius(config.data) and jax.default_backend() == "cpu":
         warn("config.data.augment_on_device=True but JAX trains on the CPU: the step's blur costs several times the "
              "input pipeline's there (docs/accelerators.md); set --config.data.augment_on_device=False unless a GPU "
              "or TPU trains")

@@ -46,15 +46,8 @@ class StepSettings:
             seed=config.seed, learning_rate=config.learning_rate, lr_decay=config.lr_decay,
             lr_boundaries=tuple(int(b) for b in config.lr_boundaries),
             warmup_steps=int(config.get("warmup_steps", 0)),
-            blur_radius=_device_blur_radius(config.get("data", {})),
+            blur_radius=device_augment.step_blur_radius(config.get("data", {})),
         )
-
-
-def _device_blur_radius(data):
-    """The kernel radius of the blur a step applies (`device_augment.blur`), 0 when it applies none."""
-    if not (data.get("augment_on_device") and data.get("blur_prob", 0.0) > 0 and data.get("blur_sigma", 1.0) > 0):
-        return 0
-    return device_augment.kernel_radius(data.get("blur_sigma", 1.0))
 
 
 class TrainState(train_state.TrainState):
@@ -94,8 +87,13 @@ def create_train_state(model, config, variables):
 def network_input(images, augment, settings, step):
     """What the network sees of the uint8 `images` of global step `step` given their `augment` draws (see
     `train_step`): float32, blurred and erased (`device_augment.finish`); preview.py shows the same."""
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(settings.seed), step), 2)
-    return device_augment.finish(images, augment, key, settings.blur_radius)
+    return device_augment.finish(images, augment, jax.random.fold_in(_step_key(settings, step), 2),
+                                 settings.blur_radius)
+
+
+def _step_key(settings, step):
+    """The key of global step `step`: folded in for the random losses (as is), dropout (1), erasing noise (2)."""
+    return jax.random.fold_in(jax.random.PRNGKey(settings.seed), step)
 
 
 def train_step(state, images, labels, augment=None, *, settings):
@@ -116,7 +114,7 @@ def train_step(state, images, labels, augment=None, *, settings):
     computed over the global batch.
     """
     # The random losses draw fresh pairs each step, reproducibly from (seed, step).
-    key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), state.step)
+    key = _step_key(settings, state.step)
     if augment:
         images = network_input(images, augment, settings, state.step)
 
