@@ -146,7 +146,7 @@ def train_step_rate(cores):
 def device_blur_cost(cores, size, batch):
     """Runs in a child pinned to `cores` cores: the train step's blur (`device_augment.finish`, jitted, JAX's
     default device) of a uint8 batch with half its images blurred (the paper's p = 0.5, stds in [0.1, 1]):
-    (wall, CPU) microseconds per image of the batch, best of 3 runs of 50 calls. On a CPU, JAX's intra-op
+    (wall, CPU) microseconds per image of the batch, best of 3 runs of 50 calls, and the device's kind. On a CPU, JAX's intra-op
     threads follow the pinning only roughly (XLA sizes its pool from the machine's cores)."""
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
     import jax
@@ -170,13 +170,7 @@ def device_blur_cost(cores, size, batch):
         out.block_until_ready()
         best = min(best, (time.perf_counter() - start) / 50 / batch * 1e6)
         best_cpu = min(best_cpu, (time.process_time() - start_cpu) / 50 / batch * 1e6)
-    return best, best_cpu
-
-
-def cpu_or_device():
-    import jax
-
-    return jax.devices()[0].device_kind
+    return best, best_cpu, jax.devices()[0].device_kind
 
 
 def tf_version():
@@ -259,9 +253,9 @@ def main():
                     print(f"      blur in the pipeline: {(1 / blur - 1 / zoom) / 0.5 * 1e6:5.1f} us of CPU per blurred "
                           f"image", flush=True)
                 if args.device_blur:
-                    wall, cpu = run_child(cores, folder, size, args, "device_blur")
+                    wall, cpu, device = run_child(cores, folder, size, args, "device_blur")
                     # Every image of the batch is convolved (std 0 is the identity kernel): the cost is per image.
-                    print(f"      blur in the train step (JAX, {cpu_or_device()}): {wall:5.1f} us per image of the "
+                    print(f"      blur in the train step (JAX, {device}): {wall:5.1f} us per image of the "
                           f"batch ({cpu:5.1f} us of CPU)", flush=True)
         print(f"load after: {os.getloadavg()[0]:.1f}")
 
