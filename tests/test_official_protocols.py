@@ -120,6 +120,25 @@ def _transcription(frames):
     return _official_metrics(dist, labels, labels[QUERY_ROWS], cams, cams[QUERY_ROWS])
 
 
+def _separation_by_loops(frames, query_rows, item_rows, pool=np.max):
+    """The records' separation figures, pair by pair: each query tracklet against each item tracklet (pooled
+    frames, L2-normalised, Euclidean); same identity and camera = junk (the query itself too), same identity =
+    positive, another = negative."""
+    feat = {row: pool(frames[row].astype(np.float64), axis=0) for row in range(len(TRACKS))}
+    feat = {row: f / np.sqrt(np.sum(f ** 2)) for row, f in feat.items()}
+    pos, neg = [], []
+    for q in query_rows:
+        for g in sorted(item_rows):
+            d = np.sqrt(np.sum((feat[q] - feat[g]) ** 2))
+            if TRACKS[q][0] != TRACKS[g][0]:
+                neg.append(d)
+            elif TRACKS[q][1] != TRACKS[g][1]:
+                pos.append(d)
+    auc = np.mean([[1.0 if n > p else 0.5 if n == p else 0.0 for n in neg] for p in pos])
+    return {"auc": auc, "neg_closer_than_median_pos": np.mean(np.array(neg) < np.median(pos)),
+            "gap_p95_p5": np.percentile(neg, 5) - np.percentile(pos, 95)}
+
+
 @pytest.mark.parametrize("eval_block_bytes", [None, 1], ids=["one_block", "a_block_per_query"])
 def test_mars_official_protocol_equals_the_transcribed_matlab(monkeypatch, eval_block_bytes):
     if eval_block_bytes:  # evaluate_ranking_blocks then ranks one query at a time
@@ -139,6 +158,10 @@ def test_mars_official_protocol_equals_the_transcribed_matlab(monkeypatch, eval_
     for key, value in want.items():
         assert record[key] == pytest.approx(value, abs=1e-6), key
     assert 0 < want["mAP"] < 1 and want["rank1"] < want["rank5"]  # the case is not degenerate
+    # Its separation figures pair each query with every test tracklet too, as it ranks them (a loop over pairs).
+    want_separation = _separation_by_loops(frames, QUERY_ROWS, kept)
+    for key, value in want_separation.items():
+        assert record[key] == pytest.approx(value, abs=1e-5), key
 
     # The toolkit protocol (the default) on the same features: the non-query gallery, queries without a match
     # there skipped (8, 9: their identity is only among the queries; 10: seen once).
@@ -146,6 +169,11 @@ def test_mars_official_protocol_equals_the_transcribed_matlab(monkeypatch, eval_
     evaluator = Evaluator(_colour_apply, sets, settings, sharding.make_mesh(jax.devices()[:1]))
     (toolkit,) = evaluator.score(evaluator.features({}), step=3)
     assert (toolkit["num_queries"], toolkit["pooling"], toolkit["ap_mode"]) == (2, "avg", "mean_precision")
+    # ... and its separation figures pair the queries with the non-query gallery only (avg pooling).
+    toolkit_separation = _separation_by_loops(frames, QUERY_ROWS, set(kept) - set(QUERY_ROWS), pool=np.mean)
+    for key, value in toolkit_separation.items():
+        assert toolkit[key] == pytest.approx(value, abs=1e-5), key
+    assert toolkit_separation != want_separation
 
 
 def test_market_official_protocol_equals_the_transcribed_matlab(monkeypatch):

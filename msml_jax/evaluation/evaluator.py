@@ -106,16 +106,17 @@ class Evaluator:
         A record holds the protocol's ranking metrics, the settings it was made with (`EvalSettings.record_fields`:
         flip, metric, pooling, ap_mode, rerank) and the separation of positive and negative pair
         distances (`separation.separation_figures`: auc, neg_closer_than_median_pos, gap_p95_p5; sampled with a
-        fixed seed above SEPARATION_MAX_PAIRS pairs), the paper's Figure 3 as numbers.
+        fixed seed above SEPARATION_MAX_PAIRS pairs), the paper's Figure 3 as numbers. Both pair the queries with
+        the items the protocol ranks them against (`Protocol.ranked_against`: MARS official, every test tracklet).
         """
         records = []
         for name, sets in self.eval_sets.items():
-            metrics = self.protocols[name].evaluate(features[name]["query"], features[name]["gallery"],
-                                                    metric=self.settings.metric, normalize=self.settings.normalize,
-                                                    rerank=self.settings.rerank)
-            q, g = features[name]["query"], features[name]["gallery"]
-            separation = separation_figures(q["embeddings"], g["embeddings"], q["pids"], g["pids"], q["camids"],
-                                            g["camids"], metric=self.settings.metric,
+            protocol, q = self.protocols[name], features[name]["query"]
+            items = protocol.ranked_against(q, features[name]["gallery"])  # the pairs' other side, as ranked
+            metrics = protocol.rank(q, items, metric=self.settings.metric, normalize=self.settings.normalize,
+                                    rerank=self.settings.rerank)
+            separation = separation_figures(q["embeddings"], items["embeddings"], q["pids"], items["pids"],
+                                            q["camids"], items["camids"], metric=self.settings.metric,
                                             normalize=self.settings.normalize, max_pairs=SEPARATION_MAX_PAIRS)
             record = {"step": int(step), "dataset": name, "protocol": sets["protocol"], **metrics,
                       **{k: float(separation[k]) for k in SEPARATION_FIELDS}}

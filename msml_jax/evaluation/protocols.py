@@ -133,10 +133,6 @@ class Protocol:
         """The items the `query` features are ranked against, from the gallery split's features `gallery`."""
         return gallery if self.gallery is None else self.gallery(query, gallery)
 
-    def evaluate(self, query, gallery, **kwargs):
-        """The ranking metrics of `query` against the gallery split's `gallery` features (kwargs: `rank`'s)."""
-        return self.rank(query, self.ranked_against(query, gallery), **kwargs)
-
     def pooling_of(self, configured):
         """The pooling of this protocol's groups when config.eval.pooling is `configured`; None without groups."""
         return (self.pooling or configured) if self.group_by else None

@@ -167,12 +167,12 @@ def draw_run(directory, workdir, eval_sets, features, config, step):
     paths = []
     for name, sets in eval_sets.items():
         q, g = features[name]["query"], features[name]["gallery"]
-        ids = (q["pids"], g["pids"], q["camids"], g["camids"])
         read_q, read_g = image_reader(sets["query"]), image_reader(sets["gallery"])
         path = os.path.join(directory, f"{name}_ranked.png")
         # Ranked as the protocol ranks: against its items (MARS official: every test tracklet, queries included).
         items = get_protocol(sets["ranking"]).ranked_against(q, g)
         from_query = items.get("from_query", np.zeros(len(items["pids"]), bool))
+        ids = (q["pids"], items["pids"], q["camids"], items["camids"])  # the pairs the records' figures count
         distances = distance_matrix(q["embeddings"], items["embeddings"], settings.metric, settings.normalize)
         visualize.ranked_lists(path, lambda i: read_q(q["image_index"][i]),
                                lambda i: (read_q if from_query[i] else read_g)(items["image_index"][i]),
@@ -180,7 +180,7 @@ def draw_run(directory, workdir, eval_sets, features, config, step):
                                title=f"{name}, step {step}: lowest-AP queries and their top 10")
         paths.append(path)
         path = os.path.join(directory, f"{name}_distances.png")
-        visualize.embedding_distance_distributions(path, q["embeddings"], g["embeddings"], *ids,
+        visualize.embedding_distance_distributions(path, q["embeddings"], items["embeddings"], *ids,
                                                    metric=settings.metric, normalize=settings.normalize,
                                                    max_pairs=SEPARATION_MAX_PAIRS,  # as the record's figures
                                                    margin=config.get("margin"), title=f"{name}, step {step}")
