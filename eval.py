@@ -49,6 +49,10 @@ def main(argv):
     from msml_jax.evaluation.workdir import evaluate_run
 
     FLAGS = flags.FLAGS
+    if FLAGS.dataset:  # named as typed, before any run is read
+        from msml_jax.data import check_dataset_names
+
+        check_dataset_names(FLAGS.dataset, "--dataset")
     workdirs = _workdirs(FLAGS.workdir)
     for name in ("save_features", "visualize", "export"):
         if FLAGS[name].value and len(workdirs) > 1:

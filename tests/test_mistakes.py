@@ -103,7 +103,7 @@ EVAL = [
     (["--workdir", "RUN", "--rerank", "--rerank_k1=5000"], "--rerank_k1"),
     (["--workdir", "RUN", "--rerank", "--rerank_k2=30"], "--rerank_k2=30 must be at most"),
     (["--workdir", "RUN", "--rerank", "--rerank_lambda=2"], "--rerank_lambda="),
-    (["--workdir", "RUN", "--dataset", "nope"], "unknown dataset 'nope'"),
+    (["--workdir", "RUN", "--dataset", "nope"], "unknown dataset 'nope' in --dataset"),
     (["--workdir", "RUN", "--protocol", "classic"], "not a protocol of"),
     (["--workdir", "RUN", "--save_features", "NOFILE/x.npz"], "does not exist"),
     (["--workdir", "RUN", "--save_features", "DIR"], "is a folder"),
