@@ -96,6 +96,29 @@ def _step_key(settings, step):
     return jax.random.fold_in(jax.random.PRNGKey(settings.seed), step)
 
 
+def loss_and_grads(state, images, labels, *, settings):
+    """The forward and backward pass of a train step on the network input `images` (float32 or uint8 [B, h, w, 3]):
+    ((loss, (outputs, BatchNorm updates, cls_loss, metric_loss)), gradients of the loss w.r.t. `state.params`).
+    The random losses draw fresh pairs each step, reproducibly from (seed, step)."""
+    key = _step_key(settings, state.step)
+
+    def loss_fn(params):
+        outputs, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.fold_in(key, 1)},  # used only by a head with dropout > 0
+        )
+        # Losses in float32 whatever the compute dtype: bf16 distances would round the margins away.
+        outputs = {k: v.astype(jnp.float32) for k, v in outputs.items()}
+        cls = losses.classification_loss(outputs["logits"], labels, label_smoothing=settings.label_smoothing)
+        metric = losses.metric_loss(settings, outputs["embeddings"], labels, key)
+        return settings.cls_weight * cls + metric, (outputs, updates, cls, metric)
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+
 def train_step(state, images, labels, augment=None, *, settings):
     """One Adam step on classification + metric loss.
 
@@ -113,26 +136,9 @@ def train_step(state, images, labels, augment=None, *, settings):
     Under jit with the batch sharded over devices (msml_jax.sharding) every term, the mining included, is
     computed over the global batch.
     """
-    # The random losses draw fresh pairs each step, reproducibly from (seed, step).
-    key = _step_key(settings, state.step)
     if augment:
         images = network_input(images, augment, settings, state.step)
-
-    def loss_fn(params):
-        outputs, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            images,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": jax.random.fold_in(key, 1)},  # used only by a head with dropout > 0
-        )
-        # Losses in float32 whatever the compute dtype: bf16 distances would round the margins away.
-        outputs = {k: v.astype(jnp.float32) for k, v in outputs.items()}
-        cls = losses.classification_loss(outputs["logits"], labels, label_smoothing=settings.label_smoothing)
-        metric = losses.metric_loss(settings, outputs["embeddings"], labels, key)
-        return settings.cls_weight * cls + metric, (outputs, updates, cls, metric)
-
-    (loss, (outputs, updates, cls, metric)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (outputs, updates, cls, metric)), grads = loss_and_grads(state, images, labels, settings=settings)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))  # {}: no BatchNorm
 
     embeddings = jax.lax.stop_gradient(outputs["embeddings"])
