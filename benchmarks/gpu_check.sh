@@ -14,6 +14,8 @@
 #   3. JAX training-loop figure (train_throughput.py --loop), only once that flag exists
 #   4. PyTorch reference step (benchmarks/torch_train_step.py), eager, same settings
 #   5. PyTorch with torch.compile, bfloat16 only (compiling takes a minute or more per shape)
+#   6. where the JAX step's time goes (benchmarks/step_parts.py: forward, backward, Adam's update alone and as one
+#      fused buffer), ResNet50 224x224 bf16, and the whole step again under two XLA_FLAGS variants (T_PARTS=0: skip)
 # then every result row again, together, at the end.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -30,6 +32,7 @@ T_JAX=${T_JAX:-330}
 T_LOOP=${T_LOOP:-90}
 T_TORCH=${T_TORCH:-100}
 T_COMPILE=${T_COMPILE:-80}
+T_PARTS=${T_PARTS:-150}
 
 FAILED=0
 
@@ -117,9 +120,17 @@ part "PyTorch eager step" "$T_TORCH" $TORCH_PY benchmarks/torch_train_step.py $T
 part "PyTorch torch.compile step" "$T_COMPILE" $TORCH_PY benchmarks/torch_train_step.py $TORCH_ARGS \
   --sizes "$(echo $SIZES | tr , '\n' | sort -r | paste -sd,)" --dtypes bfloat16 --compile_only
 
+if [ -n "$SMOKE" ]; then
+  PARTS_ARGS="--backbone small_resnet --size 64x32 --dtype float32 --batch 8 --K 2 --steps 1 --warmup 1"
+else
+  PARTS_ARGS="--backbone resnet50 --size 224x224 --dtype bfloat16 --batch 128 --K 4 --steps 20 --warmup 3"
+fi
+[ "$T_PARTS" = 0 ] || part "JAX step parts and XLA flags" "$T_PARTS" $PY benchmarks/step_parts.py $PARTS_ARGS \
+  --xla_flags="--xla_gpu_enable_triton_gemm=false;--xla_gpu_enable_command_buffer="
+
 say ""
 say "=== SUMMARY: every result row (GFLOP/img: XLA cost analysis for JAX, FlopCounterMode for torch)"
-grep -E "^device:|^  whole loop|^backbone |^\S+ +[0-9]+x[0-9]+ +(float32|bfloat16) |TIMED OUT|Error|error:|matmul:" "$LOG" \
+grep -E "^device:|^  whole loop|^  (forward|backward|adam|the rest|whole step)|^ +[0-9.]+ ms |^backbone |^\S+ +[0-9]+x[0-9]+ +(float32|bfloat16) |TIMED OUT|Error|error:|matmul:" "$LOG" \
   | tee "$OUTDIR/gpu_check_summary.txt"
 say "=== $FAILED part(s) failed or timed out"
 exit $FAILED
