@@ -1,5 +1,6 @@
 """Bad input as a user meets it: one clear message (exit 2 from the CLI) and data_dir left as it was."""
 
+import logging
 import os
 import shutil
 import subprocess
@@ -151,3 +152,22 @@ def test_a_zero_byte_image_is_named_and_a_1x1_image_is_accepted(tmp_path):
     builder = build(viper.Viper, str(tmp_path / "manual"), str(tmp_path / "data2"))
     (one,) = [ex for ex in read_split(builder, "cam_a") if ex["file_name"].endswith("005_90.bmp")]
     assert one["image"].shape == (1, 1, 3) and (one["image"] == 200).all()  # kept; the pipeline resizes it
+
+
+def test_a_first_build_says_in_one_line_what_it_prepares(tmp_path, capfd, caplog):
+    # TFDS's own words ("Downloading and preparing dataset Unknown size ...", its INFO / WARNING log lines) are
+    # replaced by one line before and one after; the builder's own warning of a skipped image still shows.
+    root = fake.make(str(tmp_path / "manual"))
+    truncate(os.path.join(root, "cam_a", "005_90.bmp"))
+    manual, data = str(tmp_path / "manual"), str(tmp_path / "data")
+    caplog.set_level(logging.INFO)
+    builders.load("viper", data, manual_dir=manual, skip_corrupt=True)
+    out = capfd.readouterr().out
+    prepared = os.path.join(data, "viper", str(viper.Viper.VERSION))
+    assert f"preparing viper from {manual} into {prepared} (once" in out and f"prepared viper in {prepared}" in out
+    assert "Downloading" not in out and "downloaded and prepared" not in out
+    assert any("005_90.bmp" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    tfds_lines = [r.getMessage() for r in caplog.records if "tensorflow_datasets" in r.pathname]
+    assert not tfds_lines
+    builders.load("viper", data, manual_dir=manual, skip_corrupt=True)  # prepared: nothing more to say
+    assert "prepar" not in capfd.readouterr().out

@@ -126,13 +126,15 @@ def load(name, data_dir, manual_dir=None, skip_corrupt=False, trial=0, protocol=
     data_dir = os.path.abspath(os.path.expanduser(data_dir))
     created = _missing_folders(data_dir)
     try:
-        builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt)
-        if not builder.is_prepared():
-            # ArrayRecord files so that images are read by index (read_split); ReidBuilder.download_and_prepare
-            # removes what a failed build created inside data_dir.
-            builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt,
-                                   file_format=common.default_file_format())
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
+        with common.quiet_tfds():
+            builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt)
+            if not builder.is_prepared():
+                # ArrayRecord files so that images are read by index (read_split); ReidBuilder.download_and_prepare
+                # removes what a failed build created inside data_dir.
+                builder = tfds.builder(name, data_dir=data_dir, skip_corrupt=skip_corrupt,
+                                       file_format=common.default_file_format())
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
     except BaseException:
         for folder in created:  # data_dir and the parents TFDS made for it, if the failed build left them empty
             if os.path.isdir(folder) and not os.listdir(folder):

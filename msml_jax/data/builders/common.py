@@ -10,7 +10,9 @@ them), `camid` (int64, 0-based camera) and `file_name` (the image's path in the 
 `.incomplete` folder and renames it on success; the parent folders and `downloads/` are removed here).
 """
 
+import contextlib
 import functools
+import logging as std_logging
 import os
 import shutil
 import tarfile
@@ -314,7 +316,8 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             candidates.append(os.path.join(root, self.name, self.builder_config.name))
         created = [p for p in candidates if not os.path.exists(p)]
         try:
-            return super().download_and_prepare(*args, **kwargs)
+            with quiet_tfds():
+                return super().download_and_prepare(*args, **kwargs)
         except BaseException:
             # tfds removes its .incomplete folder; also drop the folders this build created, so a failed build
             # leaves data_dir as it found it.
@@ -325,6 +328,34 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for tmp_dir in self._tmp_dirs:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
             self._tmp_dirs = []
+
+    # TFDS prints "Downloading and preparing dataset Unknown size (download: Unknown size, ...)" before a build and
+    # "... downloaded and prepared to ..." after it: nothing is downloaded here, and the sizes are unknown.
+    def _log_download_bytes(self):
+        source = f" from {self._manual_dir_asked}" if self._manual_dir_asked else ""
+        print(f"preparing {self.name}{source} into {self.data_dir} (once: later runs read it there)", flush=True)
+
+    def _log_download_done(self):
+        print(f"prepared {self.name} in {self.data_dir}", flush=True)
+
+
+class _QuietTfds(std_logging.Filter):
+    """Lets through TFDS's errors only; the builders' own warnings (a skipped corrupt image) still show."""
+
+    def filter(self, record):
+        return record.levelno >= std_logging.ERROR or "tensorflow_datasets" not in record.pathname
+
+
+@contextlib.contextmanager
+def quiet_tfds():
+    """TFDS's INFO and WARNING log lines dropped inside (a first build's "Variant folder ... has no
+    dataset_info.json", "Generating dataset ..."): the builders say in one line what they prepare, and where."""
+    quiet = _QuietTfds()
+    logging.get_absl_logger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.get_absl_logger().removeFilter(quiet)
 
 
 def _load_prepared(name, data_config, protocol):
