@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU throughput check, JAX beside PyTorch (issue 13 item 5), for a lent H100/H200 machine: ~5 min.
+# One GPU throughput check, JAX beside PyTorch (issue 13 item 5; issue 23 items 3 and 5), for a lent H100/H200
+# machine: ~7-8 min (parts 0 and 6 skipped with T_BLUR=0 T_PARTS=0: ~5 min).
 #
 # Run from the repository root on the device, with the ml_collections wheel carried in .whl/ (the machine
 # has jax, flax, optax, orbax, absl-py, pyyaml and torch, but no TensorFlow, no ml_collections, no internet):
@@ -14,6 +15,7 @@
 #   3. JAX training-loop figure (train_throughput.py --loop), only once that flag exists
 #   4. PyTorch reference step (benchmarks/torch_train_step.py), eager, same settings
 #   5. PyTorch with torch.compile, bfloat16 only (compiling takes a minute or more per shape)
+#   0. the train step's blur (config.data.augment_on_device, issue 23 item 3): us per image of a batch of 128
 #   6. where the JAX step's time goes (benchmarks/step_parts.py: forward, backward, Adam's update alone and as one
 #      fused buffer), ResNet50 224x224 bf16, and the whole step again under two XLA_FLAGS variants (T_PARTS=0: skip)
 # then every result row again, together, at the end.
@@ -26,13 +28,14 @@ LOG="$OUTDIR/gpu_check.log"
 PY=${PY:-python3}  # the device's python3 holds jax and torch; a smoke test may name two pythons
 TORCH_PY=${TORCH_PY:-$PY}
 
-# Time limits of the parts, in seconds (with the versions and matmul parts: about 580 at most, 490 without
-# --loop; expected total about 5 minutes on an H100).
+# Time limits of the parts, in seconds (with the versions and matmul parts: about 790 at most; expected total
+# about 7-8 minutes on an H100; a device command may run 600 s: every part's rows are in the log as they finish).
 T_JAX=${T_JAX:-330}
 T_LOOP=${T_LOOP:-90}
 T_TORCH=${T_TORCH:-100}
 T_COMPILE=${T_COMPILE:-80}
 T_PARTS=${T_PARTS:-150}
+T_BLUR=${T_BLUR:-60}
 
 FAILED=0
 
@@ -109,6 +112,9 @@ if [ -n "$SMOKE" ]; then
 else
   SIZES=224x224,256x128 BATCH="--batch 128 --K 4" TORCH_DEVICE="" STEPS=20 JAX_WARMUP=3 TORCH_WARMUP=5
 fi
+if [ -n "$SMOKE" ]; then BLUR_SETTINGS="((64, 32),), 8"; else BLUR_SETTINGS="((256, 128), (224, 224)), 128"; fi
+[ "$T_BLUR" = 0 ] || part "the train step's blur (augment_on_device): wall us, CPU us per image of the batch, device" "$T_BLUR" $PY -c \
+  "from benchmarks.input_pipeline import device_blur_cost as c; sizes, b = $BLUR_SETTINGS; [print('blur', s, 'batch', b, c(16, s, b)) for s in sizes]"
 JAX_ARGS="--backbones resnet50 --sizes $SIZES --dtypes bfloat16,float32 $BATCH --steps $STEPS --warmup $JAX_WARMUP"
 # --loop prints each bare-step row, then the whole training loop's figure for the same setting.
 part "JAX bare train step and whole loop" "$T_JAX" $PY benchmarks/train_throughput.py --loop $JAX_ARGS
@@ -130,7 +136,7 @@ fi
 
 say ""
 say "=== SUMMARY: every result row (GFLOP/img: XLA cost analysis for JAX, FlopCounterMode for torch)"
-grep -E "^device:|^  whole loop|^  (forward|backward|adam|the rest|whole step)|^ +[0-9.]+ ms |^backbone |^\S+ +[0-9]+x[0-9]+ +(float32|bfloat16) |TIMED OUT|Error|error:|matmul:" "$LOG" \
+grep -E "^blur |^device:|^  whole loop|^  (forward|backward|adam|the rest|whole step)|^ +[0-9.]+ ms |^backbone |^\S+ +[0-9]+x[0-9]+ +(float32|bfloat16) |TIMED OUT|Error|error:|matmul:" "$LOG" \
   | tee "$OUTDIR/gpu_check_summary.txt"
 say "=== $FAILED part(s) failed or timed out"
 exit $FAILED
