@@ -5,6 +5,7 @@
 # Run from the repository root on the device, with the ml_collections wheel carried in .whl/ (the machine
 # has jax, flax, optax, orbax, absl-py, pyyaml and torch, but no TensorFlow, no ml_collections, no internet):
 #
+#     pip download ml_collections --no-deps -d .whl   # here, before (an untracked .whl/ travels with the tree)
 #     bash benchmarks/gpu_check.sh            # log to $OUT/gpu_check.log (or ./gpu_check.log without $OUT)
 #     SMOKE=1 bash benchmarks/gpu_check.sh    # the same parts on the CPU, tiny sizes: checks the script itself
 #
