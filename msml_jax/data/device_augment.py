@@ -21,6 +21,11 @@ import jax.numpy as jnp
 KEYS = ("blur_sigma", "erase_box")
 
 
+def draws_in(batch):
+    """The augmentation draws `batch` (a dict) carries for the train step: its `KEYS` present ({}: none)."""
+    return {k: batch[k] for k in KEYS if k in batch}
+
+
 def kernel_radius(max_sigma):
     """Radius (python int) of the Gaussian kernels of stds up to `max_sigma`: 2 stds, at least 1."""
     return max(1, math.ceil(2 * max_sigma))

@@ -46,7 +46,7 @@ def preview(config, step=0, num_images=16):
     before = next(plain.as_numpy_iterator())["images"][:num_images]
     batch = next(augmented.as_numpy_iterator())
     after = batch["images"][:num_images]
-    augment = {k: batch[k][:num_images] for k in device_augment.KEYS if k in batch}
+    augment = {k: v[:num_images] for k, v in device_augment.draws_in(batch).items()}
     if augment:  # config.data.augment_on_device: the rest is the train step's, done here as it does it
         from msml_jax.training import steps
 

@@ -287,7 +287,7 @@ def _train(trainer, workdir, batches, evaluate, tensorboard):
             # No host sync per step: the host runs ahead, the next batch is on the devices before it is needed,
             # and metrics are fetched at log steps only.
             for batch in sharding.prefetch(batches, config.batch_size, mesh, keys=BATCH_KEYS):
-                augment = {k: batch[k] for k in device_augment.KEYS if k in batch} or None
+                augment = device_augment.draws_in(batch) or None
                 state, metrics, guard = trainer.train_step(state, batch["images"], batch["labels"], guard, augment)
                 step = int(batch["step"]) + 1
                 logged = step % config.log_every_steps == 0 or step == config.num_train_steps
