@@ -26,16 +26,16 @@ SOURCE = (128, 64)
 def child(cores, size, blur_prob, images_per_run, root=ROOT):
     """Seconds of CPU per image of the augmentation at `blur_prob`, in this process pinned to `cores` cores, with
     the `msml_jax` of the checkout `root`."""
-    os.sched_setaffinity(0, set(range(cores)))
     import time
 
     import tensorflow as tf
 
+    from benchmarks.input_pipeline import pin
+
+    pin(cores)
     sys.path.insert(0, root)
     from msml_jax.data import augment
 
-    tf.config.threading.set_intra_op_parallelism_threads(cores)
-    tf.config.threading.set_inter_op_parallelism_threads(cores)
     batch = 64
     sources = tf.cast(tf.random.stateless_uniform([batch, *SOURCE, 3], [1, 2], 0, 256), tf.uint8)
     a = augment.Augmentation(flip=True, shift=0.1, zoom=0.1, blur_prob=blur_prob, blur_sigma=1.0)

@@ -99,13 +99,20 @@ def plain_dataset(encoded, size, batch, threads):
     return ds.with_options(options).prefetch(2)
 
 
+def pin(cores, tensorflow=True):
+    """Pins this process to the first `cores` of the cores it may use; with `tensorflow`, TF's intra- and inter-op
+    pools to `cores` threads too (before TF runs anything)."""
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+    if tensorflow:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(cores)
+        tf.config.threading.set_inter_op_parallelism_threads(cores)
+
+
 def measure(cores, folder, image_size, steps, P, K, which):
     """Runs in a child pinned to `cores` cores: images/s of the `which` pipeline (best of 3 runs of `steps`)."""
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(cores)
-    tf.config.threading.set_inter_op_parallelism_threads(cores)
+    pin(cores)
     from msml_jax.data.pipeline import train_dataset
     from msml_jax.data.sampling import PKSampler
 
@@ -148,7 +155,7 @@ def device_blur_cost(cores, size, batch):
     default device) of a uint8 batch with half its images blurred (the paper's p = 0.5, stds in [0.1, 1]):
     (wall, CPU) microseconds per image of the batch, best of 3 runs of 50 calls, and the device's kind. On a CPU, JAX's intra-op
     threads follow the pinning only roughly (XLA sizes its pool from the machine's cores)."""
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+    pin(cores, tensorflow=False)
     import jax
     import jax.numpy as jnp
     import numpy as np
