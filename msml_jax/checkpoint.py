@@ -46,6 +46,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import serialization
 
+from msml_jax import errors
 from msml_jax.errors import UserError
 
 # Fields a restarted run may change without --config.allow_config_change: they decide how long to train, how
@@ -209,7 +210,9 @@ def state_checksum(state):
 def save(manager, state, config, position=None, metrics=None, force=False):
     """Starts saving the train state, input position and config at the state's step (asynchronously).
 
-    The position item also records the digests that let `restore_latest_intact` detect changed bytes.
+    The position item also records the digests that let `restore_latest_intact` detect changed bytes. A Ctrl-C
+    while the write is being started takes effect once it is (`errors.ctrl_c_deferred`), so that
+    `manager.wait_until_finished()` then commits it.
     """
     step = int(state.step)
     config_dict = config.to_dict()
@@ -221,7 +224,8 @@ def save(manager, state, config, position=None, metrics=None, force=False):
         position = dict(position, state_checksum=state_checksum(state), config_sha256=_json_digest(config_dict))
         position["sha256"] = _json_digest(position)
         items["position"] = ocp.args.JsonSave(position)
-    return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+    with errors.ctrl_c_deferred():  # a Ctrl-C inside would strand orbax's background threads: see there
+        return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
 
 def _flatten(tree, prefix=""):

@@ -6,7 +6,9 @@ traceback.
 """
 
 import contextlib
+import signal
 import sys
+import threading
 
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 
@@ -34,6 +36,30 @@ def exit_on_user_error():
     except KeyboardInterrupt as e:
         print(f"interrupted{': ' + str(e) if str(e) else ' (Ctrl-C)'}", file=sys.stderr, flush=True)
         sys.exit(INTERRUPTED_EXIT_CODE)
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred():
+    """Holds a Ctrl-C (SIGINT) until the block ends, then acts on it as the handler before would have.
+
+    For work that must not be cut in half: starting a checkpoint write hands steps to background threads,
+    and a KeyboardInterrupt between two of them leaves a thread waiting for a signal that never comes (the
+    process then hangs at exit, or prints the threads' tracebacks). Off the main thread, no handler can be
+    set and the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):  # Python's own handler raises KeyboardInterrupt here
+        previous(signal.SIGINT, received[0])
+    elif received and previous == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGINT)
 
 
 def warn(message):
