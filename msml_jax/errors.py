@@ -5,7 +5,9 @@ says where the run can continue from) prints `interrupted: ...` and exits with 1
 traceback.
 """
 
+import _thread
 import contextlib
+import functools
 import signal
 import sys
 import threading
@@ -27,7 +29,12 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def exit_on_user_error():
-    """Prints a UserError as one line on stderr and exits with code 2; Ctrl-C as one line, exit code 130."""
+    """Prints a UserError as one line on stderr and exits with code 2; Ctrl-C as one line, exit code 130.
+
+    A Ctrl-C that Python would swallow (see `_redeliver_swallowed_ctrl_c`) is delivered again meanwhile.
+    """
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_redeliver_swallowed_ctrl_c, previous=previous_hook)
     try:
         yield
     except UserError as e:
@@ -36,6 +43,20 @@ def exit_on_user_error():
     except KeyboardInterrupt as e:
         print(f"interrupted{': ' + str(e) if str(e) else ' (Ctrl-C)'}", file=sys.stderr, flush=True)
         sys.exit(INTERRUPTED_EXIT_CODE)
+    finally:
+        sys.unraisablehook = previous_hook
+
+
+def _redeliver_swallowed_ctrl_c(unraisable, previous):
+    """A KeyboardInterrupt raised where Python ignores exceptions (a garbage-collector callback such as JAX's,
+    a __del__) is printed as "Exception ignored in ..." with a traceback, and the program goes on as if no
+    Ctrl-C came: seen in eval.py. Instead, the main thread gets it again a moment later, from another thread
+    (from here it would land in this hook), back in ordinary code; should that land in such a place too, this
+    runs again."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        threading.Timer(0.001, _thread.interrupt_main).start()
+        return
+    previous(unraisable)
 
 
 @contextlib.contextmanager
