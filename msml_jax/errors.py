@@ -6,8 +6,10 @@ traceback.
 """
 
 import _thread
+import atexit
 import contextlib
 import functools
+import os
 import signal
 import sys
 import threading
@@ -42,9 +44,21 @@ def exit_on_user_error():
         sys.exit(2)
     except KeyboardInterrupt as e:
         print(f"interrupted{': ' + str(e) if str(e) else ' (Ctrl-C)'}", file=sys.stderr, flush=True)
-        sys.exit(INTERRUPTED_EXIT_CODE)
+        _exit_without_teardown(INTERRUPTED_EXIT_CODE)
     finally:
         sys.unraisablehook = previous_hook
+
+
+def _exit_without_teardown(code):
+    """Runs the atexit handlers (logging's flush, JAX's clean-up), then exits with `code`, skipping the interpreter's
+    teardown: an XLA compilation cut short by Ctrl-C leaves compiler threads running that crash it (a segmentation
+    fault and exit code -11 after the `interrupted` line; jaxlib 0.10 on a CPU). By the time a KeyboardInterrupt
+    reaches the edge, our own writes are committed and closed (`with` blocks, `finally`, the training loop's wait).
+    """
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _redeliver_swallowed_ctrl_c(unraisable, previous):

@@ -98,3 +98,33 @@ def test_a_ctrl_c_python_swallows_in_a_gc_callback_still_stops_the_program():
                             cwd=ROOT, timeout=120)
     assert result.returncode == 130, result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == ["interrupted (Ctrl-C)"], result.stderr
+
+
+# A Ctrl-C 0.3 s into an XLA compilation of ~2 s (jaxlib stops waiting for it and raises KeyboardInterrupt).
+_CTRL_C_IN_A_COMPILE = """
+import os, signal, threading, time
+import jax, jax.numpy as jnp
+from msml_jax.errors import exit_on_user_error
+
+def f(x):
+    for i in range(300):
+        x = jnp.sin(x @ x.T + i)
+    return x
+
+with exit_on_user_error():
+    lowered = jax.jit(f).lower(jnp.ones((64, 64)))
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.perf_counter()
+    lowered.compile()
+    print(f"compiled in {time.perf_counter() - started:.1f} s: too fast for the Ctrl-C")
+"""
+
+
+def test_a_ctrl_c_during_an_xla_compilation_exits_130_not_with_a_segfault():
+    """Seen as a user: train.py given Ctrl-C 4-5 s in (compiling) printed `interrupted`, then "Fatal Python error:
+    Segmentation fault" from the interpreter's teardown, exit code -11."""
+    result = subprocess.run([sys.executable, "-c", _CTRL_C_IN_A_COMPILE], capture_output=True, text=True, cwd=ROOT,
+                            timeout=120)
+    assert "too fast" not in result.stdout, result.stdout
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == ["interrupted (Ctrl-C)"], result.stderr
