@@ -78,8 +78,18 @@ EVAL_MODEL_FIELDS = MODEL_FIELDS | {"data.image_size"}
 
 
 def _manager(directory, **options):
-    """The CheckpointManager over `directory` with `options` (ocp.CheckpointManagerOptions fields)."""
-    return ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(**options))
+    """The CheckpointManager over `directory` with `options` (ocp.CheckpointManagerOptions fields).
+
+    With `cleanup_tmp_directories`, orbax deletes the tmp directories of interrupted writes in a thread it waits
+    for only at the first save (not in `close`): a process ending before that (a user mistake found after the
+    managers are made, a finished run restarted) printed the thread's traceback at exit ("cannot schedule new
+    futures after interpreter shutdown"). The clean-up is waited for here (a directory listing).
+    """
+    manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(**options))
+    await_cleanup = getattr(manager, "_maybe_await_cleanup_tmp_directory", None)  # private (orbax 0.12)
+    if await_cleanup is not None:
+        await_cleanup()
+    return manager
 
 
 def checkpoint_manager(workdir, max_to_keep=3, create=True):

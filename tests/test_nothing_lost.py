@@ -1,6 +1,7 @@
 """Nothing the user made is lost: one training per workdir, eval.py's records and the best checkpoint survive
 restarts and kills, a finished run restarted rewrites nothing."""
 
+import asyncio
 import json
 import os
 import shutil
@@ -83,6 +84,33 @@ def test_a_lock_left_by_a_killed_training_is_taken_over(tmp_path, capsys):
             lock.WorkdirLock(workdir).acquire()
     assert not os.path.exists(os.path.join(workdir, lock.LOCK_FILE))  # released
     assert f"pid {gone.pid}" in capsys.readouterr().err
+
+
+def test_tmp_directories_of_cut_writes_are_gone_once_the_managers_are_made(finished, tmp_path, monkeypatch):
+    """Orbax deletes the `*.orbax-checkpoint-tmp` directories a kill left (here: copies of committed checkpoints
+    under a tmp name, what a write holds before its rename) in a thread it waited for only at its first save: a
+    process ending soon after making its managers (a mistake found then, a finished run restarted) could leave
+    them, and printed that thread's traceback at exit. The deletion is slowed here so that the race is certain."""
+    from orbax.checkpoint._src.path import async_path
+
+    rmtree = async_path.rmtree
+
+    async def slow_rmtree(path):
+        await asyncio.sleep(0.5)
+        return await rmtree(path)
+
+    monkeypatch.setattr(async_path, "rmtree", slow_rmtree)
+    workdir = _copy(finished, tmp_path)
+    leftovers, steps = [], []
+    for folder in ("checkpoints", "best"):
+        steps.append(max(int(name) for name in os.listdir(os.path.join(workdir, folder)) if name.isdigit()))
+        leftovers.append(os.path.join(workdir, folder, f"{steps[-1] + 1}.orbax-checkpoint-tmp"))
+        shutil.copytree(os.path.join(workdir, folder, str(steps[-1])), leftovers[-1])
+    managers = checkpoint.checkpoint_manager(workdir), checkpoint.best_checkpoint_manager(workdir)
+    assert [os.path.exists(path) for path in leftovers] == [False, False]
+    assert [manager.latest_step() for manager in managers] == steps  # the committed ones untouched
+    for manager in managers:
+        manager.close()
 
 
 def test_rerunning_a_finished_training_keeps_eval_records_and_rewrites_nothing(finished, tmp_path, capsys):
