@@ -54,25 +54,29 @@ def training_evaluations(workdir):
 
 
 def rewind(workdir, step, final_step):
-    """Drops the records written after checkpoint `step` (they will be written again), atomically.
+    """Drops the records written after checkpoint `step` (they will be written again), atomically; `step` 0: a run
+    starting over (it kept no checkpoint). Returns how many records were dropped.
 
     Kept: every record eval.py wrote (it has a `checkpoint`), train records up to `step`, evaluations before `step`,
-    and the evaluation at `step` unless it is the final one (a resumed run repeats the final evaluation). The file then reads as an uninterrupted run's. An
-    unreadable line (a write cut short) is dropped with a warning.
+    and the evaluation at `step` unless the run evaluates that step again: the first (a run starting over evaluates
+    step 0 first) and the final one (a resumed run repeats the final evaluation). The file then reads as an
+    uninterrupted run's. An unreadable line (a write cut short) is dropped with a warning.
     """
     path = metrics_path(workdir)
     if not os.path.exists(path):
-        return
+        return 0
 
     def keep(r):
         if "checkpoint" in r:  # eval.py's: the trainer did not write it and never writes it again
             return True
         if "dataset" in r:
-            return r["step"] < step or (r["step"] == step and step < final_step)
+            return r["step"] < step or (r["step"] == step and 0 < step < final_step)
         return r["step"] <= step
 
     records, bad = read(path)
     for number, _ in bad:
         warn(f"{path} line {number} is not valid JSON (a write cut short?): skipped")
+    kept = [r for r in records if keep(r)]
     with atomic_file(path) as tmp, open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records if keep(r))
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    return len(records) - len(kept)

@@ -61,7 +61,7 @@ def _last_step(workdir):
     return max(steps, default=0)
 
 
-def _interrupt(workdir, sig, after_step, after_checkpoint=None):
+def _interrupt(workdir, sig, after_step, after_checkpoint=None, extra=()):
     """Starts the run and sends `sig` once metrics.jsonl shows a step >= after_step (and checkpoint
     `after_checkpoint` is committed); returns (rc, stderr).
 
@@ -70,7 +70,7 @@ def _interrupt(workdir, sig, after_step, after_checkpoint=None):
     log = workdir + f".{int(sig)}.log"
     committed = os.path.join(workdir, "checkpoints", str(after_checkpoint))  # Orbax renames it there on commit
     with open(log, "w") as out:
-        process = subprocess.Popen(_command(workdir), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(_command(workdir, *extra), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
         while process.poll() is None and (
             _last_step(workdir) < after_step or (after_checkpoint is not None and not os.path.isdir(committed))
         ):
@@ -206,3 +206,20 @@ def test_ctrl_c_is_one_line_exit_130_and_the_resume_stays_exact(runs, tmp_path):
     for x, y in zip(*leaves):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_over_with_the_records_of_one_run(runs, tmp_path):
+    """Ctrl-C before the first checkpoint, after the step-0 evaluation and some train records: the same command
+    starts over, and metrics.jsonl reads as the uninterrupted run's (it kept the first start's records and
+    appended the second start's: two step-0 evaluations, train records twice)."""
+    whole = runs[0]
+    stopped = str(tmp_path / "early")
+    late = "--config.checkpoint_every_steps=50"  # the first checkpoint at step 50; records as with 10
+    rc, output = _interrupt(stopped, signal.SIGINT, 15, extra=(late,))
+    assert rc == 130 and "training stopped before its first checkpoint" in output, output[-3000:]
+    assert not [name for name in os.listdir(os.path.join(stopped, "checkpoints")) if name.isdigit()]
+    result = _run(stopped, late)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"starting over in {stopped}: it holds no checkpoint" in result.stdout
+    assert _records(stopped) == _records(whole)
+    for x, y in zip(*(jax.tree_util.tree_leaves(_final_state(w)) for w in (whole, stopped))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

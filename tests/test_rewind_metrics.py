@@ -45,6 +45,10 @@ def _read(path):
         (UNINTERRUPTED, 6, UNINTERRUPTED[:-2], E(6)),
         (UNINTERRUPTED[:-1], 6, UNINTERRUPTED[:-2], E(6)),
         (UNINTERRUPTED[:-2], 6, UNINTERRUPTED[:-2], E(6)),
+        # Killed before the first checkpoint (after step 2, or in the middle of step 0's evaluation): the run
+        # starts over and evaluates step 0 first, so everything the training wrote goes.
+        (UNINTERRUPTED[:4], 0, [], UNINTERRUPTED),
+        (UNINTERRUPTED[:1], 0, [], UNINTERRUPTED),
     ],
 )
 def test_rewind_keeps_what_an_uninterrupted_run_wrote_before_the_checkpoint(tmp_path, written, checkpoint, kept,

@@ -251,7 +251,7 @@ def _train(trainer, workdir, batches, evaluate, tensorboard):
             more = "" if start_step == config.num_train_steps else f" (more than config.num_train_steps=" \
                 f"{config.num_train_steps}: raise it to train further)"
             warn(f"the run in {workdir} has trained to step {start_step}{more}: nothing to train"
-                 + (f"; its final evaluation is run now (it had none)" if evaluate and not final else
+                 + ("; its final evaluation is run now (it had none)" if evaluate and not final else
                     f"; evaluate it again with python eval.py --workdir {workdir}"))
         if evaluate and not final:
             final = _evaluate(trainer, writer, best, position, start_step)
@@ -259,8 +259,11 @@ def _train(trainer, workdir, batches, evaluate, tensorboard):
                 print(format_table(final), flush=True)
         close()
         return final
+    dropped = writer.rewind(start_step, config.num_train_steps)
+    if start_step == 0 and dropped and is_main:  # an earlier start that kept no checkpoint
+        print(f"starting over in {workdir}: it holds no checkpoint; the {dropped} records an earlier start wrote to "
+              f"{records.metrics_path(workdir)} are dropped (eval.py's are kept)", flush=True)
     if start_step:
-        writer.rewind(start_step, config.num_train_steps)
         if is_main:
             print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)
         if evaluate:
@@ -270,11 +273,11 @@ def _train(trainer, workdir, batches, evaluate, tensorboard):
     def run_evaluation(step):
         return _evaluate(trainer, writer, best, position, step) if evaluate else []
 
-    records = []
+    initial = []
     if start_step == 0:
-        records += run_evaluation(0)
-        if is_main and records:
-            print(format_table(records), flush=True)
+        initial += run_evaluation(0)
+        if is_main and initial:
+            print(format_table(initial), flush=True)
 
     batches = (batches or _default_batches)(trainer, start_step)
     progress = _Progress(start_step, config.num_train_steps, per_epoch, config.batch_size, enabled=is_main)
@@ -335,7 +338,7 @@ def _train(trainer, workdir, batches, evaluate, tensorboard):
 
     final = run_evaluation(int(jax.device_get(trainer.state.step)))
     if is_main and final:
-        print(format_table(records + final), flush=True)
+        print(format_table(initial + final), flush=True)
     close()
     return final
 

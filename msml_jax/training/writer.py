@@ -36,8 +36,8 @@ class MetricWriter:
             self._tb.scalars(record["step"], numbers, "train/")
 
     def rewind(self, step, final_step):
-        if self.enabled:
-            records.rewind(self.workdir, step, final_step)
+        """`records.rewind` on process 0; the number of records dropped (0 elsewhere)."""
+        return records.rewind(self.workdir, step, final_step) if self.enabled else 0
 
     def flush(self):
         self._tb.flush()
