@@ -461,10 +461,10 @@ def _check_state(restored, position, step_dir):
         raise DamagedCheckpoint("its state's values do not match the sha256 recorded in position/metadata")
 
 
-def move_aside(manager, step):
-    """Renames step `step` to `<step>.damaged-<UTC time>` (process 0; a name Orbax does not take for a step)."""
+def move_aside(manager, step, why="damaged"):
+    """Renames step `step` to `<step>.<why>-<UTC time>` (process 0; a name Orbax does not take for a step)."""
     source = os.path.join(str(manager.directory), str(step))
-    target = f"{source}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    target = f"{source}.{why}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     if jax.process_index() == 0:
         os.rename(source, target)
     from msml_jax import sharding

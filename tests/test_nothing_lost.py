@@ -180,6 +180,34 @@ def test_the_best_checkpoint_survives_a_kill_between_an_evaluation_and_its_save(
     np.testing.assert_equal(sorted(evaluated), [2, 4, 6])
 
 
+def test_a_run_starting_over_does_not_keep_an_earlier_starts_best_checkpoint(tmp_path, monkeypatch):
+    """An earlier start evaluated at 2 and 4 (mAP peaks at 4: best/ step 4) and was killed at 5, before its first
+    checkpoint (at 6). The user changes the learning rate and starts again: the new run's step 4 must reach best/;
+    it was skipped ("step 4 is in best/ already") and best/ kept the earlier start's state and config."""
+    config = make_tiny_config()
+    config.eval_every_steps, config.checkpoint_every_steps = 2, 6
+    workdir = str(tmp_path / "run")
+    monkeypatch.setattr(evaluator_module.Evaluator, "__call__", lambda self, variables, step: _fake_scores(step))
+
+    def killed_at_5(trainer, start_step):
+        for batch in loop._default_batches(trainer, start_step):
+            if int(batch["step"]) == 5:
+                raise RuntimeError("killed")
+            yield batch
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train_and_evaluate(config, workdir, batches=killed_at_5, tensorboard=False)
+    assert checkpoint.checkpoint_manager(workdir, create=False).latest_step() is None
+    assert checkpoint.best_checkpoint_manager(workdir).all_steps() == [4]
+    config.learning_rate *= 0.5
+    train_and_evaluate(config, workdir, tensorboard=False)
+    best = checkpoint.best_checkpoint_manager(workdir)
+    assert best.all_steps() == [4]
+    assert checkpoint.latest_readable_config(best)["learning_rate"] == config.learning_rate
+    assert [name.split("-")[0] for name in os.listdir(os.path.join(workdir, "best")) if not name.isdigit()] == [
+        "4.earlier"]  # the earlier start's, kept aside
+
+
 def test_outputs_written_atomically_get_the_users_permissions(tmp_path):
     # The temporary name is renamed onto the output: it must be made as any new file is (umask), not private.
     from msml_jax import outputs

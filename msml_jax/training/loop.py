@@ -263,6 +263,11 @@ def _train(trainer, workdir, batches, evaluate, tensorboard):
     if start_step == 0 and dropped and is_main:  # an earlier start that kept no checkpoint
         print(f"starting over in {workdir}: it holds no checkpoint; the {dropped} records an earlier start wrote to "
               f"{records.metrics_path(workdir)} are dropped (eval.py's are kept)", flush=True)
+    if start_step == 0 and best.all_steps():  # an earlier start evaluated before its first checkpoint
+        aside = [checkpoint.move_aside(best, step, why="earlier-start") for step in best.all_steps()]
+        if is_main:
+            warn(f"starting over: {', '.join(aside)} (the best evaluation of an earlier start, which kept no "
+                 f"checkpoint) moved aside; best/ will hold this run's")
     if start_step:
         if is_main:
             print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)
