@@ -273,15 +273,15 @@ def _train(trainer, workdir, batches, evaluate, tensorboard):
         close()
         return final
     dropped = writer.rewind(start_step, config.num_train_steps)
-    if start_step == 0 and dropped and is_main:  # an earlier start that kept no checkpoint
-        print(f"starting over in {workdir}: it holds no checkpoint; the {dropped} records an earlier start wrote to "
-              f"{records.metrics_path(workdir)} are dropped (eval.py's are kept)", flush=True)
-    if start_step == 0 and best.all_steps():  # an earlier start evaluated before its first checkpoint
+    if start_step == 0:  # what an earlier start that kept no checkpoint left goes: records, best/
+        if dropped and is_main:
+            print(f"starting over in {workdir}: it holds no checkpoint; the {dropped} records an earlier start wrote "
+                  f"to {records.metrics_path(workdir)} are dropped (eval.py's are kept)", flush=True)
         aside = [checkpoint.move_aside(best, step, why="earlier-start") for step in best.all_steps()]
-        if is_main:
+        if aside and is_main:
             warn(f"starting over: {', '.join(aside)} (the best evaluation of an earlier start, which kept no "
                  f"checkpoint) moved aside; best/ will hold this run's")
-    if start_step:
+    else:
         if is_main:
             print(f"resuming from the checkpoint of step {start_step} in {workdir}", flush=True)
         if evaluate:
